@@ -71,10 +71,11 @@ impl FromStr for Bandwidth {
         match s.trim().to_ascii_lowercase().as_str() {
             "scott" => Ok(Bandwidth::Scott),
             "silverman" => Ok(Bandwidth::Silverman),
-            other => other
-                .parse::<f64>()
-                .map(Bandwidth::Scalar)
-                .map_err(|_| Error::UnknownBandwidthRule { name: s.to_string() }),
+            other => other.parse::<f64>().map(Bandwidth::Scalar).map_err(|_| {
+                Error::UnknownBandwidthRule {
+                    name: s.to_string(),
+                }
+            }),
         }
     }
 }
@@ -118,7 +119,11 @@ impl Bandwidth {
             }
         };
         let non_negative = |v: f64| -> Result<()> {
-            if v < 0.0 { Err(BandwidthError::Negative { value: v }.into()) } else { Ok(()) }
+            if v < 0.0 {
+                Err(BandwidthError::Negative { value: v }.into())
+            } else {
+                Ok(())
+            }
         };
         match self {
             Bandwidth::Scott | Bandwidth::Silverman => Ok(()),
@@ -166,7 +171,10 @@ impl Bandwidth {
         let diagonal_roots = |diag: &[f64]| {
             let sqr: Vec<f64> = diag.iter().map(|v| v.sqrt()).collect();
             // A zero variance ignores that feature (inverse 0), as in the reference.
-            let inv: Vec<f64> = sqr.iter().map(|&s| if s != 0.0 { 1.0 / s } else { 0.0 }).collect();
+            let inv: Vec<f64> = sqr
+                .iter()
+                .map(|&s| if s != 0.0 { 1.0 / s } else { 0.0 })
+                .collect();
             (SquareMatrix::diagonal(&sqr), SquareMatrix::diagonal(&inv))
         };
         let check_len = |got: usize| -> Result<()> {
@@ -190,7 +198,10 @@ impl Bandwidth {
                     return Ok(diagonal_roots(&diag));
                 }
                 let (l, v) = symmetric_eigen(&m.symmetrized_from_lower());
-                Ok((spectral_map(&l, &v, f64::sqrt), spectral_map(&l, &v, |x| 1.0 / x.sqrt())))
+                Ok((
+                    spectral_map(&l, &v, f64::sqrt),
+                    spectral_map(&l, &v, |x| 1.0 / x.sqrt()),
+                ))
             }
             Bandwidth::Scott | Bandwidth::Silverman => {
                 let (n, rule) = (data.n, self.rule_name());
@@ -210,8 +221,10 @@ impl Bandwidth {
                     })
                     .collect();
                 let sqr: Vec<f64> = std.iter().map(|s| s * factor).collect();
-                let inv: Vec<f64> =
-                    std.iter().map(|&s| if s != 0.0 { (1.0 / s) / factor } else { 0.0 }).collect();
+                let inv: Vec<f64> = std
+                    .iter()
+                    .map(|&s| if s != 0.0 { (1.0 / s) / factor } else { 0.0 })
+                    .collect();
                 Ok((SquareMatrix::diagonal(&sqr), SquareMatrix::diagonal(&inv)))
             }
         }
@@ -233,12 +246,19 @@ fn full_matrix(rows: &[Vec<f64>]) -> Result<SquareMatrix> {
         return Err(BandwidthError::Empty.into());
     }
     if let Some(row) = rows.iter().find(|r| r.len() != n) {
-        return Err(BandwidthError::NotSquare { rows: n, cols: row.len() }.into());
+        return Err(BandwidthError::NotSquare {
+            rows: n,
+            cols: row.len(),
+        }
+        .into());
     }
     if let Some(&value) = rows.iter().flatten().find(|v| !v.is_finite()) {
         return Err(BandwidthError::NonFinite { value }.into());
     }
-    Ok(SquareMatrix { n, data: rows.concat() })
+    Ok(SquareMatrix {
+        n,
+        data: rows.concat(),
+    })
 }
 
 /// What fitting a [`KernelMetric`] fixed.
@@ -280,7 +300,11 @@ pub struct KernelMetric {
 impl Default for KernelMetric {
     /// Gaussian kernel with Scott's rule (the reference's standalone defaults), unfitted.
     fn default() -> Self {
-        Self { kernel: Kernel::Gaussian, bandwidth: Bandwidth::Scott, fitted: None }
+        Self {
+            kernel: Kernel::Gaussian,
+            bandwidth: Bandwidth::Scott,
+            fitted: None,
+        }
     }
 }
 
@@ -288,7 +312,11 @@ impl KernelMetric {
     /// An unfitted metric; the bandwidth is validated now (everything but its size).
     pub fn new(kernel: Kernel, bandwidth: Bandwidth) -> Result<Self> {
         bandwidth.validate()?;
-        Ok(Self { kernel, bandwidth, fitted: None })
+        Ok(Self {
+            kernel,
+            bandwidth,
+            fitted: None,
+        })
     }
 
     /// The kernel.
@@ -379,7 +407,10 @@ impl KernelMetric {
     pub(crate) fn kernel_block(&self, x: &Labels) -> Result<Vec<f64>> {
         let f = self.fitted.as_ref().ok_or(Error::NotFitted)?;
         if x.d != f.n_features {
-            return Err(Error::FeatureMismatch { got: x.d, expected: f.n_features });
+            return Err(Error::FeatureMismatch {
+                got: x.d,
+                expected: f.n_features,
+            });
         }
         let (n, d) = (x.n, x.d);
         let inv = &f.inv_sqr_bandwidth;
@@ -399,7 +430,10 @@ impl KernelMetric {
             for (j, o) in out_row.iter_mut().enumerate() {
                 let b = &xt[j * d..(j + 1) * d];
                 // BLAS accumulates with fused multiply-adds in order.
-                let dot = a.iter().zip(b).fold(0.0_f64, |acc, (u, v)| u.mul_add(*v, acc));
+                let dot = a
+                    .iter()
+                    .zip(b)
+                    .fold(0.0_f64, |acc, (u, v)| u.mul_add(*v, acc));
                 let sq = (-2.0 * dot + norms[i]) + norms[j];
                 *o = kernel.eval(sq.max(0.0).sqrt());
             }

@@ -42,7 +42,9 @@ pub enum BandwidthError {
     #[error("`bandwidth` must not be empty")]
     Empty,
     /// The bandwidth's size differs from the number of label features.
-    #[error("Length of `bandwidth` must match number of features in X, got {got}, expected {expected}.")]
+    #[error(
+        "Length of `bandwidth` must match number of features in X, got {got}, expected {expected}."
+    )]
     WrongLength {
         /// Size of the bandwidth.
         got: usize,
@@ -50,7 +52,9 @@ pub enum BandwidthError {
         expected: usize,
     },
     /// A matrix bandwidth that is not symmetric (numpy's `allclose(H, Hᵀ)` fails).
-    #[error("`bandwidth` is not symmetric: H[{row}][{col}] = {value} but H[{col}][{row}] = {transposed}")]
+    #[error(
+        "`bandwidth` is not symmetric: H[{row}][{col}] = {value} but H[{col}][{row}] = {transposed}"
+    )]
     NotSymmetric {
         /// Row of the first asymmetric pair.
         row: usize,

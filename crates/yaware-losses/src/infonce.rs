@@ -58,7 +58,10 @@ impl InfoNce {
         let positives: Vec<u32> = (0..2 * n).map(|a| ((a + n) % (2 * n)) as u32).collect();
         let idx = Tensor::from_vec(positives, (2 * n, 1), ls.device())?;
         let picked = ls.gather(&idx, 1)?;
-        Ok(picked.sum_all()?.affine(-1.0 / (2 * n) as f64, 0.0)?.to_dtype(dtype)?)
+        Ok(picked
+            .sum_all()?
+            .affine(-1.0 / (2 * n) as f64, 0.0)?
+            .to_dtype(dtype)?)
     }
 }
 

@@ -94,7 +94,9 @@ impl FromStr for Kernel {
         Kernel::ALL
             .into_iter()
             .find(|k| k.name() == lower)
-            .ok_or_else(|| Error::UnknownKernel { name: s.to_string() })
+            .ok_or_else(|| Error::UnknownKernel {
+                name: s.to_string(),
+            })
     }
 }
 

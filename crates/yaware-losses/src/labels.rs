@@ -15,9 +15,9 @@ pub(crate) struct Labels {
 impl Labels {
     /// Reads a `(n,)` or `(n, d)` tensor of any numeric dtype; a 1-D tensor is one feature.
     pub(crate) fn from_tensor(y: &Tensor, name: &'static str) -> Result<Self> {
-        let (n, d) = match y.dims() {
-            &[n] => (n, 1),
-            &[n, d] => (n, d),
+        let (n, d) = match *y.dims() {
+            [n] => (n, 1),
+            [n, d] => (n, d),
             _ => {
                 return Err(Error::Rank {
                     name,
@@ -27,7 +27,10 @@ impl Labels {
             }
         };
         if n == 0 || d == 0 {
-            return Err(Error::Empty { name, shape: y.shape().clone() });
+            return Err(Error::Empty {
+                name,
+                shape: y.shape().clone(),
+            });
         }
         let data = y.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
         Self::from_vec(n, d, data, name)
@@ -37,7 +40,11 @@ impl Labels {
     pub(crate) fn from_vec(n: usize, d: usize, data: Vec<f64>, name: &'static str) -> Result<Self> {
         debug_assert_eq!(data.len(), n * d, "label buffer size");
         if let Some(pos) = data.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite { name, value: data[pos], row: pos / d });
+            return Err(Error::NonFinite {
+                name,
+                value: data[pos],
+                row: pos / d,
+            });
         }
         Ok(Self { n, d, data })
     }

@@ -10,7 +10,10 @@ pub(crate) struct SquareMatrix {
 
 impl SquareMatrix {
     pub(crate) fn zeros(n: usize) -> Self {
-        Self { n, data: vec![0.0; n * n] }
+        Self {
+            n,
+            data: vec![0.0; n * n],
+        }
     }
 
     pub(crate) fn diagonal(diag: &[f64]) -> Self {
@@ -125,7 +128,9 @@ pub(crate) fn spectral_map(
     let mut out = SquareMatrix::zeros(n);
     for i in 0..n {
         for j in 0..n {
-            let s = (0..n).map(|k| vectors.get(i, k) * fl[k] * vectors.get(j, k)).sum();
+            let s = (0..n)
+                .map(|k| vectors.get(i, k) * fl[k] * vectors.get(j, k))
+                .sum();
             out.set(i, j, s);
         }
     }
@@ -172,7 +177,10 @@ mod tests {
     #[test]
     fn known_inverse_square_root() {
         // H = [[100, 2], [2, 1]]: the reference's worked example.
-        let m = SquareMatrix { n: 2, data: vec![100.0, 2.0, 2.0, 1.0] };
+        let m = SquareMatrix {
+            n: 2,
+            data: vec![100.0, 2.0, 2.0, 1.0],
+        };
         let (l, v) = symmetric_eigen(&m);
         let inv = spectral_map(&l, &v, |x| 1.0 / x.sqrt());
         let expected = [0.10035517, -0.01858780, -0.01858780, 1.02045145];
@@ -183,10 +191,16 @@ mod tests {
 
     #[test]
     fn symmetry_and_diagonal_tests_follow_numpy_allclose() {
-        let m = SquareMatrix { n: 2, data: vec![1.0, 1e-9, 0.0, 2.0] };
+        let m = SquareMatrix {
+            n: 2,
+            data: vec![1.0, 1e-9, 0.0, 2.0],
+        };
         assert!(m.is_numerically_diagonal());
         assert!(m.first_asymmetry().is_none());
-        let m = SquareMatrix { n: 2, data: vec![1.0, 2.0, 3.0, 2.0] };
+        let m = SquareMatrix {
+            n: 2,
+            data: vec![1.0, 2.0, 3.0, 2.0],
+        };
         assert!(!m.is_numerically_diagonal());
         assert_eq!(m.first_asymmetry(), Some((0, 1)));
     }

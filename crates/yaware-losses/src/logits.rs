@@ -17,7 +17,11 @@ pub const NORMALIZE_EPS: f64 = 1e-12;
 /// norm below `1e-12` are divided by `1e-12` rather than scaled to unit length.
 pub fn normalize_rows(z: &Tensor) -> Result<Tensor> {
     // sqrt(max(‖z‖², eps²)) == max(‖z‖, eps), but its gradient is finite at a zero row.
-    let norm = z.sqr()?.sum_keepdim(D::Minus1)?.maximum(NORMALIZE_EPS * NORMALIZE_EPS)?.sqrt()?;
+    let norm = z
+        .sqr()?
+        .sum_keepdim(D::Minus1)?
+        .maximum(NORMALIZE_EPS * NORMALIZE_EPS)?
+        .sqrt()?;
     Ok(z.broadcast_div(&norm)?)
 }
 
@@ -26,15 +30,25 @@ pub fn normalize_rows(z: &Tensor) -> Result<Tensor> {
 pub(crate) fn check_views(z1: &Tensor, z2: &Tensor) -> Result<(usize, DType)> {
     for (name, z) in [("z1", z1), ("z2", z2)] {
         if z.rank() != 2 {
-            return Err(Error::Rank { name, expected: "2 (n, dim)", shape: z.shape().clone() });
+            return Err(Error::Rank {
+                name,
+                expected: "2 (n, dim)",
+                shape: z.shape().clone(),
+            });
         }
     }
     if z1.shape() != z2.shape() {
-        return Err(Error::ViewShapeMismatch { z1: z1.shape().clone(), z2: z2.shape().clone() });
+        return Err(Error::ViewShapeMismatch {
+            z1: z1.shape().clone(),
+            z2: z2.shape().clone(),
+        });
     }
     let (n, d) = z1.dims2()?;
     if n == 0 || d == 0 {
-        return Err(Error::Empty { name: "z1", shape: z1.shape().clone() });
+        return Err(Error::Empty {
+            name: "z1",
+            shape: z1.shape().clone(),
+        });
     }
     if z1.dtype() != z2.dtype() {
         return Err(Error::Dtype {
@@ -47,7 +61,11 @@ pub(crate) fn check_views(z1: &Tensor, z2: &Tensor) -> Result<(usize, DType)> {
         DType::F32 | DType::F64 => z1.dtype(),
         DType::F16 | DType::BF16 => DType::F32,
         dtype => {
-            return Err(Error::Dtype { name: "z1", dtype, expected: "a float dtype" });
+            return Err(Error::Dtype {
+                name: "z1",
+                dtype,
+                expected: "a float dtype",
+            });
         }
     };
     Ok((n, dtype))

@@ -72,7 +72,11 @@ impl YAwareInfoNceConfig {
 #[derive(Debug)]
 enum MetricSource {
     /// Fitted on the first labelled batch (`[y; y]`) and kept afterwards, as the reference does.
-    Lazy { kernel: Kernel, bandwidth: Bandwidth, fitted: Mutex<Option<KernelMetric>> },
+    Lazy {
+        kernel: Kernel,
+        bandwidth: Bandwidth,
+        fitted: Mutex<Option<KernelMetric>>,
+    },
     /// Given by the user, already fitted.
     Given(KernelMetric),
 }
@@ -114,21 +118,31 @@ pub struct YAwareInfoNce {
 impl Clone for YAwareInfoNce {
     fn clone(&self) -> Self {
         let metric = match &self.metric {
-            MetricSource::Lazy { kernel, bandwidth, fitted } => MetricSource::Lazy {
+            MetricSource::Lazy {
+                kernel,
+                bandwidth,
+                fitted,
+            } => MetricSource::Lazy {
                 kernel: *kernel,
                 bandwidth: bandwidth.clone(),
                 fitted: Mutex::new(lock(fitted).clone()),
             },
             MetricSource::Given(m) => MetricSource::Given(m.clone()),
         };
-        Self { temperature: self.temperature, normalization: self.normalization, metric }
+        Self {
+            temperature: self.temperature,
+            normalization: self.normalization,
+            metric,
+        }
     }
 }
 
 impl Default for YAwareInfoNce {
     /// τ = 0.1, Gaussian kernel, bandwidth 1.0, column normalisation.
     fn default() -> Self {
-        YAwareInfoNceConfig::default().build().expect("the default configuration is valid")
+        YAwareInfoNceConfig::default()
+            .build()
+            .expect("the default configuration is valid")
     }
 }
 
@@ -140,7 +154,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl YAwareInfoNce {
     /// A loss with the given kernel, bandwidth and temperature, column normalisation.
     pub fn new(kernel: Kernel, bandwidth: Bandwidth, temperature: f64) -> Result<Self> {
-        YAwareInfoNceConfig { temperature, kernel, bandwidth, ..Default::default() }.build()
+        YAwareInfoNceConfig {
+            temperature,
+            kernel,
+            bandwidth,
+            ..Default::default()
+        }
+        .build()
     }
 
     /// A loss that uses a user-fitted [`KernelMetric`] (its own kernel and bandwidth) instead of
@@ -227,7 +247,11 @@ impl YAwareInfoNce {
     pub fn weights(&self, y: &Tensor) -> Result<Tensor> {
         let labels = self.labels(y, y.dims().first().copied().unwrap_or(0))?;
         let n2 = 2 * labels.n;
-        Ok(Tensor::from_vec(self.normalized_weights(&labels)?, (n2, n2), y.device())?)
+        Ok(Tensor::from_vec(
+            self.normalized_weights(&labels)?,
+            (n2, n2),
+            y.device(),
+        )?)
     }
 
     /// The raw `(2N, 2N)` f64 kernel matrix of `[y; y]`, diagonal `k(0)` included (the
@@ -245,7 +269,10 @@ impl YAwareInfoNce {
     fn labels(&self, y: &Tensor, n: usize) -> Result<Labels> {
         let labels = Labels::from_tensor(y, "y")?;
         if labels.n != n {
-            return Err(Error::LabelsLength { labels: labels.n, vectors: n });
+            return Err(Error::LabelsLength {
+                labels: labels.n,
+                vectors: n,
+            });
         }
         Ok(labels)
     }
@@ -254,7 +281,11 @@ impl YAwareInfoNce {
     fn fitted_metric(&self, labels: &Labels) -> Result<KernelMetric> {
         match &self.metric {
             MetricSource::Given(m) => Ok(m.clone()),
-            MetricSource::Lazy { kernel, bandwidth, fitted } => {
+            MetricSource::Lazy {
+                kernel,
+                bandwidth,
+                fitted,
+            } => {
                 let mut guard = lock(fitted);
                 if let Some(m) = guard.as_ref() {
                     return Ok(m.clone());
