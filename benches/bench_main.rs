@@ -1,1 +1,11 @@
-fn main() {}
+//! Criterion benchmarks of yaware-rs, one group per file in `groups/`.
+//!
+//! Run them with `cargo xtask bench` (writes `docs/PERFORMANCE.md`) or `cargo xtask bench
+//! --quick` for a smoke run; `cargo bench -p yaware-benches -- losses` runs one group.
+
+use criterion::{criterion_group, criterion_main};
+
+mod groups;
+
+criterion_group!(benches, groups::losses::bench);
+criterion_main!(benches);

@@ -1,1 +1,30 @@
-//! placeholder
+//! # yaware-data
+//!
+//! Data for y-Aware pre-training: two-view batches, 3D augmentations, datasets and loaders.
+//!
+//! Place in the workspace: depends on candle only, CPU-side and model-agnostic;
+//! `yaware-estimator` depends on it.
+//!
+//! **Status: partial.** Only [`TwoViewBatch`] and, behind the optional `candle-datasets`
+//! feature, batching with candle-datasets' `Batcher` exist so far; parsing of the reference's
+//! batch shapes, augmentations, datasets and the parallel loader come with the data issue.
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use yaware_data::TwoViewBatch;
+//!
+//! let x1 = Tensor::zeros((4, 1, 8, 8, 8), DType::F32, &Device::Cpu)?;
+//! let x2 = Tensor::ones((4, 1, 8, 8, 8), DType::F32, &Device::Cpu)?;
+//! let age = Tensor::new(&[21f32, 35., 42., 58.], &Device::Cpu)?;
+//! let batch = TwoViewBatch::new(x1, x2, Some(age))?;
+//! assert_eq!(batch.len(), 4);
+//! # Ok::<(), yaware_data::Error>(())
+//! ```
+
+#[cfg(feature = "candle-datasets")]
+pub mod batcher;
+mod error;
+mod two_view;
+
+pub use error::{Error, Result};
+pub use two_view::TwoViewBatch;

@@ -16,10 +16,8 @@
 //! - When the reference gradient is zero up to rounding (all embeddings identical), ours must
 //!   be zero up to rounding as well (`≤ 1e-12 · 1/(τ·N·mean‖z‖)`), not match its noise.
 
-mod golden;
-
 use candle_core::{DType, Var};
-use golden::{Golden, check_close, check_zero, to_f64s};
+use yaware_golden::{Golden, check_close, check_zero, to_f64s};
 use yaware_losses::{Bandwidth, Kernel, KernelMetric, YAwareInfoNce, normalize_rows};
 
 const RTOL_F64: f64 = 1e-10;

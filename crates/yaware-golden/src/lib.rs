@@ -1,8 +1,8 @@
-//! Reading the reference's golden vectors (`../shared/golden`, relative to the workspace root).
+//! # yaware-golden
 //!
-//! Shared by the parity tests of this crate; every case and setting comes from the files.
-
-#![allow(dead_code)]
+//! Test support, used only as a dev-dependency: reading the reference's golden vectors
+//! (`../shared/golden`, relative to the workspace root) and comparing with stated tolerances.
+//! Parity tests read every case and setting from the files through this crate.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,7 +11,7 @@ use candle_core::{DType, Device, Tensor};
 use safetensors::SafeTensors;
 
 /// The golden folder: `$YAWARE_GOLDEN_DIR`, else `<workspace>/../shared/golden`.
-pub(crate) fn golden_dir() -> PathBuf {
+pub fn golden_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("YAWARE_GOLDEN_DIR") {
         return PathBuf::from(dir);
     }
@@ -19,15 +19,17 @@ pub(crate) fn golden_dir() -> PathBuf {
 }
 
 /// One golden file, parsed once.
-pub(crate) struct Golden {
-    pub(crate) name: String,
+pub struct Golden {
+    /// File name.
+    pub name: String,
     st: SafeTensors<'static>,
-    pub(crate) metadata: HashMap<String, String>,
+    /// The header metadata (string → string).
+    pub metadata: HashMap<String, String>,
 }
 
 impl Golden {
     /// Opens `name` in the golden folder; `None` (with a loud message) when the folder is absent.
-    pub(crate) fn open(name: &str) -> Option<Golden> {
+    pub fn open(name: &str) -> Option<Golden> {
         let dir = golden_dir();
         if !dir.is_dir() {
             eprintln!(
@@ -61,7 +63,7 @@ impl Golden {
     }
 
     /// The JSON value of a metadata key.
-    pub(crate) fn json(&self, key: &str) -> serde_json::Value {
+    pub fn json(&self, key: &str) -> serde_json::Value {
         let text = self
             .metadata
             .get(key)
@@ -70,19 +72,20 @@ impl Golden {
             .unwrap_or_else(|e| panic!("{}: metadata `{key}`: {e}", self.name))
     }
 
-    pub(crate) fn has(&self, name: &str) -> bool {
+    /// Whether the file holds a tensor `name`.
+    pub fn has(&self, name: &str) -> bool {
         self.st.tensor(name).is_ok()
     }
 
     /// Tensor names, sorted.
-    pub(crate) fn names(&self) -> Vec<String> {
+    pub fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.st.names().into_iter().map(|s| s.to_string()).collect();
         v.sort();
         v
     }
 
     /// A tensor's values as f64, with its shape and stored dtype.
-    pub(crate) fn values(&self, name: &str) -> (Vec<usize>, DType, Vec<f64>) {
+    pub fn values(&self, name: &str) -> (Vec<usize>, DType, Vec<f64>) {
         let view = self
             .st
             .tensor(name)
@@ -115,18 +118,20 @@ impl Golden {
         (view.shape().to_vec(), dtype, values)
     }
 
-    pub(crate) fn f64s(&self, name: &str) -> Vec<f64> {
+    /// A tensor's values as f64.
+    pub fn f64s(&self, name: &str) -> Vec<f64> {
         self.values(name).2
     }
 
-    pub(crate) fn scalar(&self, name: &str) -> f64 {
+    /// A 0-d (or one-element) tensor's value as f64.
+    pub fn scalar(&self, name: &str) -> f64 {
         let v = self.f64s(name);
         assert_eq!(v.len(), 1, "{}: `{name}` is not a scalar", self.name);
         v[0]
     }
 
     /// The tensor as a candle tensor in its stored dtype (I64 stays I64).
-    pub(crate) fn tensor(&self, name: &str) -> Tensor {
+    pub fn tensor(&self, name: &str) -> Tensor {
         let (shape, dtype, values) = self.values(name);
         Tensor::from_vec(values, shape, &Device::Cpu)
             .unwrap()
@@ -142,7 +147,7 @@ impl Golden {
 /// accuracy that neither implementation has: 1e-3 for weights and bandwidths, 0.1 for
 /// gradients and similarities (sums over the whole batch, accumulated in another order by
 /// the reference). Returns the worst relative error, or a description of the first violation.
-pub(crate) fn check_close(
+pub fn check_close(
     what: &str,
     got: &[f64],
     want: &[f64],
@@ -179,7 +184,7 @@ pub(crate) fn check_close(
 
 /// For a quantity that is zero up to rounding in the reference (`max|want| ≤ eps · unit`),
 /// checks that ours is zero up to rounding too; `None` when the reference is not zero.
-pub(crate) fn check_zero(
+pub fn check_zero(
     what: &str,
     got: &[f64],
     want: &[f64],
@@ -200,7 +205,8 @@ pub(crate) fn check_zero(
     })
 }
 
-pub(crate) fn to_f64s(t: &Tensor) -> Vec<f64> {
+/// A tensor's values, flattened, as f64.
+pub fn to_f64s(t: &Tensor) -> Vec<f64> {
     t.to_dtype(DType::F64)
         .unwrap()
         .flatten_all()

@@ -1,0 +1,35 @@
+//! The error type of `yaware-data`.
+
+use candle_core::Shape;
+
+/// Result alias used throughout `yaware-data`.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The error type of `yaware-data`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The two views of a batch have different shapes.
+    #[error("the two views must have the same shape, got {x1:?} and {x2:?}")]
+    ViewShapeMismatch {
+        /// Shape of the first view.
+        x1: Shape,
+        /// Shape of the second view.
+        x2: Shape,
+    },
+    /// A batch with no sample dimension.
+    #[error("a view must have a batch dimension, got a scalar")]
+    NoBatchDimension,
+    /// Auxiliary variables whose length differs from the batch size.
+    #[error("y has {got} rows but the batch has {expected} samples (y shape {shape:?})")]
+    LabelsLength {
+        /// Rows of `y`.
+        got: usize,
+        /// Samples in the views.
+        expected: usize,
+        /// Shape of `y`.
+        shape: Shape,
+    },
+    /// An error raised by candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
