@@ -7,5 +7,5 @@ use criterion::{criterion_group, criterion_main};
 
 mod groups;
 
-criterion_group!(benches, groups::losses::bench);
+criterion_group!(benches, groups::losses::bench, groups::optim::bench);
 criterion_main!(benches);

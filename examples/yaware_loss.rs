@@ -31,14 +31,14 @@ fn main() -> Result<()> {
     println!("y-Aware InfoNCE on {n} subjects (embedding dim {d}, τ = 0.1)");
     println!("ages: {ages:?}\n");
     let plain = InfoNce::new(0.1)?.forward(&z1, &z2)?.to_scalar::<f32>()?;
-    println!("{:<44} {plain:>10.6}", "InfoNCE (no labels)");
+    println!("{:<62} {plain:>10.6}", "InfoNCE (no labels)");
     for kernel in Kernel::ALL {
         for sigma in [1.0f64, 5.0, 20.0] {
             // bandwidth = σ² for a single label feature
             let loss = YAwareInfoNce::new(kernel, Bandwidth::Scalar(sigma * sigma), 0.1)?;
             let value = loss.forward(&z1, &z2, Some(&y))?.to_scalar::<f64>()?;
             println!(
-                "{:<44} {value:>10.6}",
+                "{:<62} {value:>10.6}",
                 format!("{loss}  [σ = {sigma} years]")
             );
         }

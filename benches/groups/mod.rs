@@ -1,6 +1,7 @@
 //! Benchmark groups.
 
 pub(crate) mod losses;
+pub(crate) mod optim;
 
 /// Deterministic inputs: SplitMix64 turned into standard normals (Box–Muller), so every run
 /// benchmarks the same numbers.

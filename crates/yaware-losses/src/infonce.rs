@@ -5,7 +5,8 @@ use std::fmt;
 use candle_core::Tensor;
 
 use crate::error::Result;
-use crate::logits::{check_temperature, check_views, log_softmax_logits};
+use crate::fused::Targets;
+use crate::logits::{check_temperature, check_views, contrastive_loss};
 
 /// The InfoNCE (NT-Xent) loss of SimCLR.
 ///
@@ -30,12 +31,16 @@ use crate::logits::{check_temperature, check_views, log_softmax_logits};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct InfoNce {
     temperature: f64,
+    fused: bool,
 }
 
 impl Default for InfoNce {
     /// Temperature 0.1.
     fn default() -> Self {
-        Self { temperature: 0.1 }
+        Self {
+            temperature: 0.1,
+            fused: true,
+        }
     }
 }
 
@@ -43,7 +48,17 @@ impl InfoNce {
     /// A loss with the given temperature (finite and > 0).
     pub fn new(temperature: f64) -> Result<Self> {
         check_temperature(temperature)?;
-        Ok(Self { temperature })
+        Ok(Self {
+            temperature,
+            fused: true,
+        })
+    }
+
+    /// Chooses the fused CPU kernel (the default) or the composition of candle ops (what other
+    /// devices use). Both agree to rounding.
+    pub fn with_fused_kernel(mut self, fused: bool) -> Self {
+        self.fused = fused;
+        self
     }
 
     /// The temperature τ.
@@ -54,14 +69,17 @@ impl InfoNce {
     /// The loss of two views `(N, D)`; differentiable with respect to both.
     pub fn forward(&self, z1: &Tensor, z2: &Tensor) -> Result<Tensor> {
         let (n, dtype) = check_views(z1, z2)?;
-        let ls = log_softmax_logits(z1, z2, self.temperature, dtype)?;
-        let positives: Vec<u32> = (0..2 * n).map(|a| ((a + n) % (2 * n)) as u32).collect();
-        let idx = Tensor::from_vec(positives, (2 * n, 1), ls.device())?;
-        let picked = ls.gather(&idx, 1)?;
-        Ok(picked
-            .sum_all()?
-            .affine(-1.0 / (2 * n) as f64, 0.0)?
-            .to_dtype(dtype)?)
+        let scale = 1.0 / (2 * n) as f64;
+        contrastive_loss(
+            z1,
+            z2,
+            self.temperature,
+            dtype,
+            Targets::Pairs,
+            scale,
+            dtype,
+            self.fused,
+        )
     }
 }
 

@@ -38,6 +38,7 @@
 
 mod bandwidth;
 mod error;
+mod fused;
 mod infonce;
 mod kernel;
 mod labels;

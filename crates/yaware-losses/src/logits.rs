@@ -3,6 +3,7 @@
 use candle_core::{D, DType, Tensor};
 
 use crate::error::{Error, Result};
+use crate::fused::{ContrastiveLoss, Targets};
 
 /// The value subtracted from the self-similarity logits (the reference uses a large finite
 /// number, not −∞, so that `0 · logit` stays 0).
@@ -71,19 +72,58 @@ pub(crate) fn check_views(z1: &Tensor, z2: &Tensor) -> Result<(usize, DType)> {
     Ok((n, dtype))
 }
 
-/// Row-wise log-softmax of the `2N × 2N` logits
-/// `[[S11, S12], [S12ᵀ, S22]]`, `S_ab = ẑ_a·ẑ_b / τ − 1e8·δ_ab`, with `ẑ = normalize([z1; z2])`.
-pub(crate) fn log_softmax_logits(
+/// The contrastive loss `−scale · Σ_ab W̃_ab · log_softmax(S)_ab` over the `2N × 2N` logits
+/// `S = [[S11, S12], [S12ᵀ, S22]]`, `S_ab = ẑ_a·ẑ_b / τ − 1e8·δ_ab`, `ẑ = normalize([z1; z2])`,
+/// returned as a scalar of `out_dtype`.
+///
+/// With `fused`, on the CPU, the part after the similarity matmul is one op with a hand-written
+/// backward ([`ContrastiveLoss`]); otherwise (and on other devices) it is composed of candle
+/// ops. Both
+/// compute the log-softmax in the embeddings' dtype and weight it in f64.
+#[allow(clippy::too_many_arguments)] // internal: each argument is one setting of the loss
+pub(crate) fn contrastive_loss(
     z1: &Tensor,
     z2: &Tensor,
     temperature: f64,
     dtype: DType,
+    targets: Targets,
+    scale: f64,
+    out_dtype: DType,
+    fused: bool,
 ) -> Result<Tensor> {
     let z = Tensor::cat(&[z1, z2], 0)?.to_dtype(dtype)?;
-    let two_n = z.dim(0)?;
+    let n = z1.dim(0)?;
     let zn = normalize_rows(&z)?;
     let sim = zn.matmul(&zn.t()?)?;
-    let mask = (Tensor::eye(two_n, dtype, z.device())? * DIAGONAL_MASK)?;
+    if fused && sim.device().is_cpu() {
+        let op = ContrastiveLoss {
+            n,
+            temperature,
+            scale,
+            targets,
+            out_dtype,
+        };
+        return Ok(sim.apply_op1(op)?);
+    }
+    let ls = log_softmax_logits(&sim, temperature)?;
+    let loss = match targets {
+        Targets::Pairs => {
+            let positives: Vec<u32> = (0..2 * n).map(|a| ((a + n) % (2 * n)) as u32).collect();
+            let idx = Tensor::from_vec(positives, (2 * n, 1), ls.device())?;
+            ls.gather(&idx, 1)?.to_dtype(DType::F64)?.sum_all()?
+        }
+        targets @ Targets::Kernel { .. } => {
+            let w = Tensor::from_vec(targets.dense(n), (2 * n, 2 * n), ls.device())?;
+            ls.to_dtype(DType::F64)?.mul(&w)?.sum_all()?
+        }
+    };
+    Ok(loss.affine(-scale, 0.0)?.to_dtype(out_dtype)?)
+}
+
+/// Row-wise log-softmax of the logits `sim / τ − 1e8·I`, composed of candle ops.
+fn log_softmax_logits(sim: &Tensor, temperature: f64) -> Result<Tensor> {
+    let two_n = sim.dim(0)?;
+    let mask = (Tensor::eye(two_n, sim.dtype(), sim.device())? * DIAGONAL_MASK)?;
     let logits = ((sim / temperature)? - mask)?;
     // The row maximum only shifts the logits: it is detached (log-softmax is invariant to it).
     let max = logits.max_keepdim(D::Minus1)?.detach();

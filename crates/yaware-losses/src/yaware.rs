@@ -7,10 +7,11 @@ use candle_core::{DType, Tensor};
 
 use crate::bandwidth::{Bandwidth, KernelMetric};
 use crate::error::{Error, Result};
+use crate::fused::Targets;
 use crate::infonce::InfoNce;
 use crate::kernel::Kernel;
 use crate::labels::Labels;
-use crate::logits::{check_temperature, check_views, log_softmax_logits};
+use crate::logits::{check_temperature, check_views, contrastive_loss};
 
 /// How the kernel weight matrix `W` (zero diagonal) is normalised before it multiplies the
 /// log-softmax.
@@ -64,6 +65,7 @@ impl YAwareInfoNceConfig {
                 bandwidth: self.bandwidth.clone(),
                 fitted: Mutex::new(None),
             },
+            fused: true,
         })
     }
 }
@@ -113,6 +115,7 @@ pub struct YAwareInfoNce {
     temperature: f64,
     normalization: WeightNormalization,
     metric: MetricSource,
+    fused: bool,
 }
 
 impl Clone for YAwareInfoNce {
@@ -133,6 +136,7 @@ impl Clone for YAwareInfoNce {
             temperature: self.temperature,
             normalization: self.normalization,
             metric,
+            fused: self.fused,
         }
     }
 }
@@ -174,12 +178,20 @@ impl YAwareInfoNce {
             temperature,
             normalization: WeightNormalization::Column,
             metric: MetricSource::Given(metric),
+            fused: true,
         })
     }
 
     /// The same loss with another weight normalisation.
     pub fn with_normalization(mut self, normalization: WeightNormalization) -> Self {
         self.normalization = normalization;
+        self
+    }
+
+    /// Chooses the fused CPU kernel (the default) or the composition of candle ops (what other
+    /// devices use). Both agree to rounding.
+    pub fn with_fused_kernel(mut self, fused: bool) -> Self {
+        self.fused = fused;
         self
     }
 
@@ -232,26 +244,32 @@ impl YAwareInfoNce {
     pub fn forward(&self, z1: &Tensor, z2: &Tensor, y: Option<&Tensor>) -> Result<Tensor> {
         let (n, dtype) = check_views(z1, z2)?;
         let Some(y) = y else {
-            return InfoNce::new(self.temperature)?.forward(z1, z2);
+            return InfoNce::new(self.temperature)?
+                .with_fused_kernel(self.fused)
+                .forward(z1, z2);
         };
         let labels = self.labels(y, n)?;
-        let weights = self.normalized_weights(&labels)?;
-        let ls = log_softmax_logits(z1, z2, self.temperature, dtype)?;
-        let w = Tensor::from_vec(weights, (2 * n, 2 * n), ls.device())?;
-        let weighted = ls.to_dtype(DType::F64)?.mul(&w)?;
-        Ok(weighted.sum_all()?.affine(-1.0 / n as f64, 0.0)?)
+        let targets = self.targets(&labels)?;
+        let scale = 1.0 / n as f64;
+        contrastive_loss(
+            z1,
+            z2,
+            self.temperature,
+            dtype,
+            targets,
+            scale,
+            DType::F64,
+            self.fused,
+        )
     }
 
     /// The normalised `(2N, 2N)` f64 weight matrix `W̃` for labels `y` (fits the metric if this
     /// is the first labelled batch).
     pub fn weights(&self, y: &Tensor) -> Result<Tensor> {
         let labels = self.labels(y, y.dims().first().copied().unwrap_or(0))?;
-        let n2 = 2 * labels.n;
-        Ok(Tensor::from_vec(
-            self.normalized_weights(&labels)?,
-            (n2, n2),
-            y.device(),
-        )?)
+        let n = labels.n;
+        let dense = self.targets(&labels)?.dense(n);
+        Ok(Tensor::from_vec(dense, (2 * n, 2 * n), y.device())?)
     }
 
     /// The raw `(2N, 2N)` f64 kernel matrix of `[y; y]`, diagonal `k(0)` included (the
@@ -303,28 +321,23 @@ impl YAwareInfoNce {
         }
     }
 
-    fn normalized_weights(&self, labels: &Labels) -> Result<Vec<f64>> {
+    /// The weights of the labelled loss: the kernel block of `y` and the row sums of the tiled
+    /// `[[K, K], [K, K]]` matrix with a zero diagonal.
+    fn targets(&self, labels: &Labels) -> Result<Targets> {
         let metric = self.fitted_metric(labels)?;
         let n = labels.n;
         let block = metric.kernel_block(labels)?;
-        let mut w = tile_block(&block, n, 0.0);
-        let m = 2 * n;
-        let row_sums: Vec<f64> = w.chunks_exact(m).map(|r| r.iter().sum()).collect();
-        match self.normalization {
-            WeightNormalization::Column => {
-                for row in w.chunks_exact_mut(m) {
-                    for (v, s) in row.iter_mut().zip(&row_sums) {
-                        *v /= s;
-                    }
-                }
-            }
-            WeightNormalization::Row => {
-                for (row, s) in w.chunks_exact_mut(m).zip(&row_sums) {
-                    row.iter_mut().for_each(|v| *v /= s);
-                }
-            }
-        }
-        Ok(w)
+        let row_sums = (0..2 * n)
+            .map(|a| {
+                let k = &block[(a % n) * n..(a % n + 1) * n];
+                (0..2 * n).filter(|&b| b != a).map(|b| k[b % n]).sum()
+            })
+            .collect();
+        Ok(Targets::Kernel {
+            block,
+            row_sums,
+            normalization: self.normalization,
+        })
     }
 }
 

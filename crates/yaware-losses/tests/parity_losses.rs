@@ -28,7 +28,7 @@ fn kernel_of(g: &Golden, prefix: &str) -> Kernel {
 }
 
 /// Checks one loss case; returns the worst relative error seen, or the first failure.
-fn check_loss_case(g: &Golden, case: &serde_json::Value) -> Result<f64, String> {
+fn check_loss_case(g: &Golden, case: &serde_json::Value, fused: bool) -> Result<f64, String> {
     let id = case["id"].as_str().expect("case id");
     let p = |n: &str| format!("{id}.{n}");
     let z1 = Var::from_tensor(&g.tensor(&p("z1"))).unwrap();
@@ -63,7 +63,8 @@ fn check_loss_case(g: &Golden, case: &serde_json::Value) -> Result<f64, String> 
     } else {
         YAwareInfoNce::new(kernel, Bandwidth::default(), temperature)
     }
-    .map_err(|e| format!("{id}: building the loss: {e}"))?;
+    .map_err(|e| format!("{id}: building the loss: {e}"))?
+    .with_fused_kernel(fused);
 
     let loss = loss_fn
         .forward(&z1, &z2, y.as_ref())
@@ -164,20 +165,25 @@ fn every_loss_case_matches_the_reference() {
     let mut worst_by_group = std::collections::BTreeMap::<String, f64>::new();
     for case in cases {
         let group = case["group"].as_str().unwrap_or("?").to_string();
-        match check_loss_case(&g, case) {
-            Ok(w) => {
-                let e = worst_by_group.entry(group).or_insert(0.0);
-                *e = e.max(w);
+        // The fused CPU kernel and the composition of candle ops (other devices) both match.
+        for fused in [true, false] {
+            match check_loss_case(&g, case, fused) {
+                Ok(w) => {
+                    let e = worst_by_group
+                        .entry(format!("{group}/fused={fused}"))
+                        .or_insert(0.0);
+                    *e = e.max(w);
+                }
+                Err(msg) => failures.push(format!("[{group}, fused={fused}] {msg}")),
             }
-            Err(msg) => failures.push(format!("[{group}] {msg}")),
         }
     }
     eprintln!("worst relative error per group: {worst_by_group:?}");
     assert!(
         failures.is_empty(),
-        "{} of {} cases differ:\n{}",
+        "{} of {} checks differ:\n{}",
         failures.len(),
-        cases.len(),
+        2 * cases.len(),
         failures.join("\n")
     );
 }

@@ -1,7 +1,8 @@
 //! Parity of SGD / Adam / AdamW with PyTorch on every case of `optim_cases.safetensors`:
 //! parameters after each step and the final state, at 1e-12 relative (entries are compared
-//! relative to `max(|x|, 1e-3·max|X|)`); and resume: saving after half the steps and loading
-//! into fresh objects continues bit for bit like an uninterrupted run.
+//! relative to `max(|x|, 1e-3·max|X|)`), for Adam/AdamW through both the fused CPU kernel and
+//! the tensor-op path (which must agree bit for bit); and resume: saving after half the steps
+//! and loading into fresh objects continues bit for bit like an uninterrupted run.
 
 use std::collections::HashMap;
 
@@ -20,7 +21,7 @@ fn f(v: &Value, key: &str) -> f64 {
 }
 
 /// Builds the case's optimizer over `params` (name → var) from its metadata.
-fn build(case: &Value, params: &HashMap<String, Var>) -> Box<dyn Optimizer> {
+fn build(case: &Value, params: &HashMap<String, Var>, fused: bool) -> Box<dyn Optimizer> {
     let pgs = case["param_groups"].as_array().expect("param_groups");
     let groups: Vec<ParamGroup> = pgs
         .iter()
@@ -81,8 +82,8 @@ fn build(case: &Value, params: &HashMap<String, Var>) -> Box<dyn Optimizer> {
             )
             .unwrap(),
         ),
-        "Adam" => Box::new(
-            Adam::new(
+        "Adam" => {
+            let mut opt = Adam::new(
                 groups,
                 AdamConfig {
                     lr: f(g0, "lr"),
@@ -92,10 +93,12 @@ fn build(case: &Value, params: &HashMap<String, Var>) -> Box<dyn Optimizer> {
                     amsgrad: g0["amsgrad"].as_bool().unwrap(),
                 },
             )
-            .unwrap(),
-        ),
-        "AdamW" => Box::new(
-            AdamW::new(
+            .unwrap();
+            opt.set_fused(fused);
+            Box::new(opt)
+        }
+        "AdamW" => {
+            let mut opt = AdamW::new(
                 groups,
                 AdamWConfig {
                     lr: f(g0, "lr"),
@@ -105,8 +108,10 @@ fn build(case: &Value, params: &HashMap<String, Var>) -> Box<dyn Optimizer> {
                     amsgrad: g0["amsgrad"].as_bool().unwrap(),
                 },
             )
-            .unwrap(),
-        ),
+            .unwrap();
+            opt.set_fused(fused);
+            Box::new(opt)
+        }
         other => panic!("unknown optimizer {other}"),
     }
 }
@@ -151,11 +156,17 @@ fn grads_at(
     store
 }
 
-fn check_case(g: &Golden, case: &Value, names: &[String]) -> Result<(), String> {
+/// Runs one case; returns the final parameters.
+fn check_case(
+    g: &Golden,
+    case: &Value,
+    names: &[String],
+    fused: bool,
+) -> Result<Vec<Vec<f64>>, String> {
     let id = case["id"].as_str().unwrap();
     let n_steps = case["n_steps"].as_u64().unwrap() as usize;
     let params = fresh_params(g, id, names);
-    let mut opt = build(case, &params);
+    let mut opt = build(case, &params, fused);
     for k in 0..n_steps {
         opt.step(&grads_at(g, id, names, &params, k))
             .map_err(|e| format!("{id}: {e}"))?;
@@ -199,7 +210,7 @@ fn check_case(g: &Golden, case: &Value, names: &[String]) -> Result<(), String> 
             "{id}: state the reference does not keep: {extra:?}"
         ));
     }
-    Ok(())
+    Ok(names.iter().map(|n| to_f64s(&params[n])).collect())
 }
 
 #[test]
@@ -211,10 +222,19 @@ fn every_optimizer_case_matches_pytorch() {
     let cases = g.json("cases");
     let cases = cases.as_array().expect("cases");
     assert!(!cases.is_empty());
-    let failures: Vec<String> = cases
-        .iter()
-        .filter_map(|c| check_case(&g, c, &names).err())
-        .collect();
+    let mut failures = Vec::new();
+    for case in cases {
+        match (
+            check_case(&g, case, &names, true),
+            check_case(&g, case, &names, false),
+        ) {
+            (Ok(fused), Ok(plain)) if fused != plain => {
+                failures.push(format!("{}: fused and tensor-op paths differ", case["id"]))
+            }
+            (Ok(_), Ok(_)) => {}
+            (Err(e), _) | (_, Err(e)) => failures.push(e),
+        }
+    }
     assert!(
         failures.is_empty(),
         "{} of {} cases differ:\n{}",
@@ -238,13 +258,13 @@ fn resuming_from_saved_state_continues_bit_for_bit() {
         let half = n_steps / 2;
         // Uninterrupted.
         let params = fresh_params(&g, id, &names);
-        let mut opt = build(case, &params);
+        let mut opt = build(case, &params, true);
         for k in 0..n_steps {
             opt.step(&grads_at(&g, id, &names, &params, k)).unwrap();
         }
         // Interrupted after `half` steps: save, rebuild everything, load, continue.
         let params2 = fresh_params(&g, id, &names);
-        let mut opt2 = build(case, &params2);
+        let mut opt2 = build(case, &params2, true);
         for k in 0..half {
             opt2.step(&grads_at(&g, id, &names, &params2, k)).unwrap();
         }
@@ -258,7 +278,7 @@ fn resuming_from_saved_state_continues_bit_for_bit() {
             .iter()
             .map(|(n, t)| (n.clone(), Var::from_tensor(t).unwrap()))
             .collect();
-        let mut opt3 = build(case, &params3);
+        let mut opt3 = build(case, &params3, true);
         opt3.load_state(&path).unwrap();
         for k in half..n_steps {
             opt3.step(&grads_at(&g, id, &names, &params3, k)).unwrap();

@@ -1,11 +1,13 @@
 //! Adam (coupled L2 weight decay) and AdamW (decoupled weight decay), as `torch.optim.Adam` and
 //! `torch.optim.AdamW`.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 
+use super::fused::{AdamStep, FusedAdam, HostVec};
 use super::{
     Group, GroupConfig, Optimizer, add_scaled, build_groups, check_lr, check_no_extra_keys,
     div_scalar, group_index, group_index_mut, read_like, read_lr, read_step, step_tensor, to_cpu,
@@ -108,13 +110,36 @@ impl GroupConfig for AdamConfig {
     }
 }
 
+/// A moment buffer: a tensor (any device), or a host vector for the fused CPU kernel.
+#[derive(Debug, Clone)]
+enum Buf {
+    Tensor(Tensor),
+    Host(HostVec),
+}
+
+impl Buf {
+    fn tensor(&self, like: &Tensor) -> Result<Tensor> {
+        match self {
+            Buf::Tensor(t) => Ok(t.clone()),
+            Buf::Host(h) => Ok(h.to_tensor(like)?),
+        }
+    }
+
+    fn host(self) -> Result<HostVec> {
+        match self {
+            Buf::Host(h) => Ok(h),
+            Buf::Tensor(t) => Ok(HostVec::from_tensor(&t)?),
+        }
+    }
+}
+
 /// Moments of one parameter.
 #[derive(Debug, Clone, Default)]
 struct Moments {
     step: u64,
-    exp_avg: Option<Tensor>,
-    exp_avg_sq: Option<Tensor>,
-    max_exp_avg_sq: Option<Tensor>,
+    exp_avg: Option<Buf>,
+    exp_avg_sq: Option<Buf>,
+    max_exp_avg_sq: Option<Buf>,
 }
 
 /// The update rule shared by Adam and AdamW.
@@ -123,6 +148,7 @@ struct AdamCore {
     groups: Vec<Group<AdamConfig>>,
     state: Vec<Vec<Moments>>,
     decoupled: bool,
+    fused: bool,
 }
 
 /// `torch.lerp(a, b, w)` as PyTorch's CPU kernel evaluates it.
@@ -146,54 +172,26 @@ impl AdamCore {
             groups,
             state,
             decoupled,
+            fused: true,
         })
     }
 
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         for (group, states) in self.groups.iter().zip(&mut self.state) {
             let c = group.config;
-            let (beta1, beta2) = c.betas;
             for ((_, var), st) in group.params.iter().zip(states.iter_mut()) {
                 let Some(grad) = grads.get(var) else { continue };
-                let mut theta = var.as_tensor().clone();
                 st.step += 1;
-                let mut g = grad.clone();
-                if c.weight_decay != 0.0 {
-                    if self.decoupled {
-                        theta = theta.affine(1.0 - c.lr * c.weight_decay, 0.0)?;
-                    } else {
-                        g = add_scaled(&g, &theta, c.weight_decay)?;
-                    }
-                }
-                let m = match &st.exp_avg {
-                    Some(m) => lerp(m, &g, 1.0 - beta1)?,
-                    None => lerp(&g.zeros_like()?, &g, 1.0 - beta1)?,
-                };
-                let gg = (g.affine(1.0 - beta2, 0.0)? * &g)?;
-                let v = match &st.exp_avg_sq {
-                    Some(v) => (v.affine(beta2, 0.0)? + gg)?,
-                    None => (g.zeros_like()? + gg)?,
-                };
-                let t = st.step as f64;
-                let bias_correction1 = 1.0 - beta1.powf(t);
-                let bias_correction2 = 1.0 - beta2.powf(t);
-                let step_size = c.lr / bias_correction1;
-                let bc2_sqrt = bias_correction2.powf(0.5);
-                let v_used = if c.amsgrad {
-                    let vmax = match &st.max_exp_avg_sq {
-                        Some(prev) => prev.maximum(&v)?,
-                        None => v.maximum(&v.zeros_like()?)?,
-                    };
-                    st.max_exp_avg_sq = Some(vmax.clone());
-                    vmax
+                let fusable = self.fused
+                    && var.device().is_cpu()
+                    && matches!(var.dtype(), DType::F32 | DType::F64)
+                    && grad.dtype() == var.dtype()
+                    && var.as_tensor().is_contiguous();
+                if fusable {
+                    fused_step(&c, self.decoupled, var, grad, st)?;
                 } else {
-                    v.clone()
-                };
-                let denom = div_scalar(&v_used.sqrt()?, bc2_sqrt)?.affine(1.0, c.eps)?;
-                let update = (m.affine(-step_size, 0.0)? / denom)?;
-                var.set(&(theta + update)?)?;
-                st.exp_avg = Some(m);
-                st.exp_avg_sq = Some(v);
+                    tensor_step(&c, self.decoupled, var, grad, st)?;
+                }
             }
         }
         Ok(())
@@ -228,7 +226,7 @@ impl AdamCore {
                 format!("{}.lr", group.name),
                 Tensor::new(group.config.lr, &Device::Cpu)?,
             );
-            for ((name, _), st) in group.params.iter().zip(states) {
+            for ((name, var), st) in group.params.iter().zip(states) {
                 if st.step == 0 {
                     continue;
                 }
@@ -240,7 +238,7 @@ impl AdamCore {
                     ("max_exp_avg_sq", &st.max_exp_avg_sq),
                 ] {
                     if let Some(t) = t {
-                        out.insert(key(s), to_cpu(t)?);
+                        out.insert(key(s), to_cpu(&t.tensor(var.as_tensor())?)?);
                     }
                 }
             }
@@ -264,17 +262,19 @@ impl AdamCore {
                     moments.push(Moments::default());
                     continue;
                 }
-                let optional = |s: &str| -> Result<Option<Tensor>> {
+                let read =
+                    |s: &str| -> Result<Buf> { Ok(Buf::Tensor(read_like(state, &key(s), var)?)) };
+                let optional = |s: &str| -> Result<Option<Buf>> {
                     if state.contains_key(&key(s)) {
-                        Ok(Some(read_like(state, &key(s), var)?))
+                        Ok(Some(read(s)?))
                     } else {
                         Ok(None)
                     }
                 };
                 moments.push(Moments {
                     step: read_step(state, &key("step"))?,
-                    exp_avg: Some(read_like(state, &key("exp_avg"), var)?),
-                    exp_avg_sq: Some(read_like(state, &key("exp_avg_sq"), var)?),
+                    exp_avg: Some(read("exp_avg")?),
+                    exp_avg_sq: Some(read("exp_avg_sq")?),
                     max_exp_avg_sq: optional("max_exp_avg_sq")?,
                 });
             }
@@ -289,6 +289,105 @@ impl AdamCore {
     }
 }
 
+/// The scalars of step `t` of a group.
+fn step_scalars(c: &AdamConfig, decoupled: bool, t: u64) -> AdamStep {
+    let (beta1, beta2) = c.betas;
+    let t = t as f64;
+    AdamStep {
+        weight_decay: c.weight_decay,
+        decoupled,
+        decay: 1.0 - c.lr * c.weight_decay,
+        lerp_w: 1.0 - beta1,
+        beta2,
+        step_size: c.lr / (1.0 - beta1.powf(t)),
+        bc2_sqrt: (1.0 - beta2.powf(t)).powf(0.5),
+        eps: c.eps,
+    }
+}
+
+/// One parameter's update with the fused CPU kernel (moments kept on the host).
+fn fused_step(
+    c: &AdamConfig,
+    decoupled: bool,
+    var: &Var,
+    grad: &Tensor,
+    st: &mut Moments,
+) -> Result<()> {
+    let n = var.elem_count();
+    let zeros = || HostVec::zeros(var.dtype(), n).expect("fusable dtypes are f32 / f64");
+    let take = |b: Option<Buf>| -> Result<HostVec> {
+        b.map(Buf::host)
+            .transpose()
+            .map(|h| h.unwrap_or_else(zeros))
+    };
+    let mut m = take(st.exp_avg.take())?;
+    let mut v = take(st.exp_avg_sq.take())?;
+    let mut vmax = if c.amsgrad {
+        Some(take(st.max_exp_avg_sq.take())?)
+    } else {
+        None
+    };
+    let result = {
+        let op = FusedAdam {
+            s: step_scalars(c, decoupled, st.step),
+            m: RefCell::new(&mut m),
+            v: RefCell::new(&mut v),
+            vmax: RefCell::new(vmax.as_mut()),
+        };
+        var.as_tensor().inplace_op2(&grad.contiguous()?, &op)
+    };
+    st.exp_avg = Some(Buf::Host(m));
+    st.exp_avg_sq = Some(Buf::Host(v));
+    st.max_exp_avg_sq = vmax.map(Buf::Host);
+    Ok(result?)
+}
+
+/// One parameter's update with candle tensor ops (any device and dtype).
+fn tensor_step(
+    c: &AdamConfig,
+    decoupled: bool,
+    var: &Var,
+    grad: &Tensor,
+    st: &mut Moments,
+) -> Result<()> {
+    let (beta1, beta2) = c.betas;
+    let mut theta = var.as_tensor().clone();
+    let mut g = grad.clone();
+    if c.weight_decay != 0.0 {
+        if decoupled {
+            theta = theta.affine(1.0 - c.lr * c.weight_decay, 0.0)?;
+        } else {
+            g = add_scaled(&g, &theta, c.weight_decay)?;
+        }
+    }
+    let m = match &st.exp_avg {
+        Some(m) => lerp(&m.tensor(&theta)?, &g, 1.0 - beta1)?,
+        None => lerp(&g.zeros_like()?, &g, 1.0 - beta1)?,
+    };
+    let gg = (g.affine(1.0 - beta2, 0.0)? * &g)?;
+    let v = match &st.exp_avg_sq {
+        Some(v) => (v.tensor(&theta)?.affine(beta2, 0.0)? + gg)?,
+        None => (g.zeros_like()? + gg)?,
+    };
+    let s = step_scalars(c, decoupled, st.step);
+    let v_used = if c.amsgrad {
+        let vmax = match &st.max_exp_avg_sq {
+            Some(prev) => prev.tensor(&theta)?.maximum(&v)?,
+            None => v.maximum(&v.zeros_like()?)?,
+        };
+        st.max_exp_avg_sq = Some(Buf::Tensor(vmax.clone()));
+        vmax
+    } else {
+        v.clone()
+    };
+    let denom = div_scalar(&v_used.sqrt()?, s.bc2_sqrt)?.affine(1.0, c.eps)?;
+    let update = (m.affine(-s.step_size, 0.0)? / denom)?;
+    var.set(&(theta + update)?)?;
+    st.exp_avg = Some(Buf::Tensor(m));
+    st.exp_avg_sq = Some(Buf::Tensor(v));
+    Ok(())
+}
+
 macro_rules! adam_optimizer {
     ($(#[$doc:meta])* $name:ident, $config:ty, $decoupled:expr) => {
         $(#[$doc])*
@@ -300,6 +399,13 @@ macro_rules! adam_optimizer {
             /// decay.
             pub fn new(groups: Vec<ParamGroup>, defaults: $config) -> Result<Self> {
                 Ok(Self(AdamCore::new(groups, defaults.into(), $decoupled)?))
+            }
+
+            /// Chooses the fused CPU kernel (the default; used for contiguous f32 / f64 CPU
+            /// parameters) or the device-agnostic tensor-op path. Both give bit-identical
+            /// results; the fused kernel reads and writes each value once.
+            pub fn set_fused(&mut self, fused: bool) {
+                self.0.fused = fused;
             }
 
             /// The hyper-parameters of group `group` (weight decay as this optimizer applies it).

@@ -2,6 +2,7 @@
 //! share.
 
 mod adam;
+mod fused;
 mod sgd;
 
 use std::collections::{HashMap, HashSet};
