@@ -1,12 +1,15 @@
-//! The fused CPU kernel of the contrastive loss on the `2N × 2N` cosine-similarity matrix:
-//! temperature, −1e8 diagonal, row-wise log-softmax and the weighted sum in one pass per row
-//! (rows in parallel), with a hand-written backward. It never materialises the logits, the
-//! log-softmax or the `2N × 2N` weight matrix.
+//! The fused CPU kernel of the contrastive loss on the stacked embeddings `z = [z1; z2]`:
+//! row normalisation, the `2N × 2N` cosine similarities (one matmul), temperature, −1e8
+//! diagonal, row-wise log-softmax and the weighted sum, with a hand-written backward (one more
+//! matmul). Rows run in parallel; the logits, the log-softmax and the `2N × 2N` weight matrix
+//! are never materialised.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::logits::DIAGONAL_MASK;
+use crate::logits::{DIAGONAL_MASK, NORMALIZE_EPS};
 use crate::yaware::WeightNormalization;
 
 /// Which entries of each row are positives, and with which weight.
@@ -45,24 +48,28 @@ impl Targets {
                 normalization,
             } => {
                 let k = &block[(a % n) * n..(a % n + 1) * n];
-                for b in 0..2 * n {
-                    if b == a {
-                        continue;
+                // Both views of sample j have the weight K[a % n][j]; no modulo in the loop.
+                for (half, sums) in row_sums.chunks_exact(n).enumerate() {
+                    for (j, (&w, &r_b)) in k.iter().zip(sums).enumerate() {
+                        let b = half * n + j;
+                        if b == a {
+                            continue;
+                        }
+                        let w = match normalization {
+                            WeightNormalization::Column => w / r_b,
+                            WeightNormalization::Row => w / row_sums[a],
+                        };
+                        f(b, w);
                     }
-                    let w = k[b % n];
-                    let w = match normalization {
-                        WeightNormalization::Column => w / row_sums[b],
-                        WeightNormalization::Row => w / row_sums[a],
-                    };
-                    f(b, w);
                 }
             }
         }
     }
 }
 
-/// The loss `−scale · Σ_ab W̃_ab · log_softmax(sim/τ − 1e8·I)_ab` as a custom op on `sim`.
-#[derive(Debug, Clone)]
+/// The loss `−scale · Σ_ab W̃_ab · log_softmax(ẑẑᵀ/τ − 1e8·I)_ab`, `ẑ = normalize(z)`, as a
+/// custom op on `z = [z1; z2]` (`2N × D`).
+#[derive(Debug)]
 pub(crate) struct ContrastiveLoss {
     pub(crate) n: usize,
     pub(crate) temperature: f64,
@@ -70,12 +77,59 @@ pub(crate) struct ContrastiveLoss {
     pub(crate) targets: Targets,
     /// Dtype of the scalar result (f64 for y-Aware, the embeddings' dtype for InfoNCE).
     pub(crate) out_dtype: DType,
+    /// What the forward computed and the backward reuses: `ẑ`, the clamped row norms, and the
+    /// similarities.
+    cache: Mutex<Option<Cache>>,
+}
+
+#[derive(Debug, Clone)]
+struct Cache {
+    zhat: Tensor,
+    norms: Vec<f64>,
+    sim: Tensor,
+}
+
+impl ContrastiveLoss {
+    pub(crate) fn new(
+        n: usize,
+        temperature: f64,
+        scale: f64,
+        targets: Targets,
+        out_dtype: DType,
+    ) -> Self {
+        Self {
+            n,
+            temperature,
+            scale,
+            targets,
+            out_dtype,
+            cache: Mutex::new(None),
+        }
+    }
 }
 
 macro_rules! kernels {
-    ($fwd:ident, $bwd:ident, $t:ty) => {
-        /// Logits of row `a` into `row`; returns `(max, ln Σ exp(s − max))`.
-        fn $fwd(op: &ContrastiveLoss, sim: &[$t], a: usize, row: &mut [$t]) -> ($t, $t) {
+    ($t:ty, $normalize:ident, $logits:ident, $loss:ident, $grad_sim:ident, $grad_z:ident) => {
+        /// `ẑ = z / max(‖z‖, eps)` row-wise; returns `ẑ` and the clamped norms.
+        fn $normalize(z: &[$t], d: usize) -> (Vec<$t>, Vec<f64>) {
+            let mut zhat = vec![0.0 as $t; z.len()];
+            let norms = zhat
+                .par_chunks_mut(d)
+                .zip(z.par_chunks(d))
+                .map(|(out, row)| {
+                    let ss: $t = row.iter().map(|v| v * v).sum();
+                    let c = ss.sqrt().max(NORMALIZE_EPS as $t);
+                    for (o, v) in out.iter_mut().zip(row) {
+                        *o = v / c;
+                    }
+                    c as f64
+                })
+                .collect();
+            (zhat, norms)
+        }
+
+        /// Logits of row `a` into `row`; returns their maximum.
+        fn $logits(op: &ContrastiveLoss, sim: &[$t], a: usize, row: &mut [$t]) -> $t {
             let m = 2 * op.n;
             let tau = op.temperature as $t;
             let mut max = <$t>::NEG_INFINITY;
@@ -87,68 +141,105 @@ macro_rules! kernels {
                 *r = v;
                 max = max.max(v);
             }
-            let sum: $t = row.iter().map(|&v| (v - max).exp()).sum();
-            (max, sum.ln())
+            max
         }
 
-        impl ContrastiveLoss {
-            fn $bwd(&self, sim: &[$t], upstream: f64) -> Vec<$t> {
-                let m = 2 * self.n;
-                let tau = self.temperature as $t;
-                let mut grad = vec![0.0 as $t; m * m];
-                grad.par_chunks_mut(m).enumerate().for_each(|(a, g)| {
+        /// The loss from the similarities.
+        fn $loss(op: &ContrastiveLoss, sim: &[$t]) -> f64 {
+            let m = 2 * op.n;
+            let per_row: Vec<f64> = (0..m)
+                .into_par_iter()
+                .map(|a| {
                     let mut row = vec![0.0 as $t; m];
-                    let (max, lse) = $fwd(self, sim, a, &mut row);
-                    // dL/dLS_ab = −scale·upstream·W̃_ab, in the embeddings' dtype.
-                    let mut total: $t = 0.0;
-                    self.targets.for_row(a, self.n, |b, w| {
-                        let gl = (-self.scale * upstream * w) as $t;
-                        g[b] = gl;
-                        total += gl;
+                    let max = $logits(op, sim, a, &mut row);
+                    let sum: $t = row.iter().map(|&v| (v - max).exp()).sum();
+                    let lse = sum.ln();
+                    let mut acc = 0.0f64;
+                    op.targets.for_row(a, op.n, |b, w| {
+                        // log_softmax in the embeddings' dtype, weighted in f64.
+                        acc += w * (((row[b] - max) - lse) as f64);
                     });
-                    for (gb, &v) in g.iter_mut().zip(&row) {
-                        let p = ((v - max) - lse).exp();
-                        *gb = (*gb - p * total) / tau;
+                    acc
+                })
+                .collect();
+            -op.scale * per_row.iter().sum::<f64>()
+        }
+
+        /// `dL/dS` (`2N × 2N`, S the similarities) for an upstream gradient `upstream`.
+        fn $grad_sim(op: &ContrastiveLoss, sim: &[$t], upstream: f64) -> Vec<$t> {
+            let m = 2 * op.n;
+            let tau = op.temperature as $t;
+            let mut grad = vec![0.0 as $t; m * m];
+            grad.par_chunks_mut(m).enumerate().for_each(|(a, g)| {
+                let mut row = vec![0.0 as $t; m];
+                let max = $logits(op, sim, a, &mut row);
+                let mut sum: $t = 0.0;
+                for r in row.iter_mut() {
+                    *r = (*r - max).exp();
+                    sum += *r;
+                }
+                // dL/dLS_ab = −scale·upstream·W̃_ab, in the embeddings' dtype; then the
+                // log-softmax backward `g − softmax·Σg`, then the temperature.
+                let mut total: $t = 0.0;
+                op.targets.for_row(a, op.n, |b, w| {
+                    let gl = (-op.scale * upstream * w) as $t;
+                    g[b] = gl;
+                    total += gl;
+                });
+                for (gb, &e) in g.iter_mut().zip(&row) {
+                    *gb = (*gb - (e / sum) * total) / tau;
+                }
+            });
+            grad
+        }
+
+        /// `dL/dz` from `dL/dẑ` through the row normalisation.
+        fn $grad_z(zhat: &[$t], dzhat: &[$t], norms: &[f64], d: usize) -> Vec<$t> {
+            let mut out = vec![0.0 as $t; zhat.len()];
+            out.par_chunks_mut(d)
+                .zip(zhat.par_chunks(d).zip(dzhat.par_chunks(d)))
+                .zip(norms.par_iter())
+                .for_each(|((o, (zh, dz)), &c)| {
+                    let c = c as $t;
+                    if c > NORMALIZE_EPS as $t {
+                        // ẑ = z/‖z‖: dz = (dẑ − ẑ (ẑ·dẑ)) / ‖z‖
+                        let dot: $t = zh.iter().zip(dz).map(|(a, b)| a * b).sum();
+                        for ((o, &a), &b) in o.iter_mut().zip(zh).zip(dz) {
+                            *o = (b - a * dot) / c;
+                        }
+                    } else {
+                        // The norm is clamped at eps: a constant divisor.
+                        for (o, &b) in o.iter_mut().zip(dz) {
+                            *o = b / c;
+                        }
                     }
                 });
-                grad
-            }
+            out
         }
     };
 }
 
-kernels!(row_logits_f32, backward_f32, f32);
-kernels!(row_logits_f64, backward_f64, f64);
-
-impl ContrastiveLoss {
-    fn forward_rows<T, F>(&self, sim: &[T], logits: F) -> f64
-    where
-        T: Copy + Send + Sync + Default + Into<f64> + std::ops::Sub<Output = T>,
-        F: Fn(&ContrastiveLoss, &[T], usize, &mut [T]) -> (T, T) + Sync,
-    {
-        let m = 2 * self.n;
-        let per_row: Vec<f64> = (0..m)
-            .into_par_iter()
-            .map(|a| {
-                let mut row = vec![T::default(); m];
-                let (max, lse) = logits(self, sim, a, &mut row);
-                let mut acc = 0.0f64;
-                self.targets.for_row(a, self.n, |b, w| {
-                    // log_softmax in the embeddings' dtype, weighted in f64.
-                    let ls: f64 = ((row[b] - max) - lse).into();
-                    acc += w * ls;
-                });
-                acc
-            })
-            .collect();
-        -self.scale * per_row.iter().sum::<f64>()
-    }
-}
+kernels!(
+    f32,
+    normalize_f32,
+    row_logits_f32,
+    loss_f32,
+    grad_sim_f32,
+    grad_z_f32
+);
+kernels!(
+    f64,
+    normalize_f64,
+    row_logits_f64,
+    loss_f64,
+    grad_sim_f64,
+    grad_z_f64
+);
 
 fn contiguous<'a, T>(data: &'a [T], layout: &Layout) -> Result<&'a [T]> {
     match layout.contiguous_offsets() {
         Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("contrastive-loss: the similarity matrix must be contiguous"),
+        None => candle_core::bail!("contrastive-loss: the embeddings must be contiguous"),
     }
 }
 
@@ -159,33 +250,87 @@ fn scalar_storage(v: f64, dtype: DType) -> CpuStorage {
     }
 }
 
+/// `G ← G + Gᵀ` in place (row-major `m × m`), in cache-sized tiles.
+fn symmetrize<T: Copy + std::ops::Add<Output = T>>(g: &mut [T], m: usize) {
+    const TILE: usize = 64;
+    for bi in (0..m).step_by(TILE) {
+        for bj in (bi..m).step_by(TILE) {
+            for i in bi..(bi + TILE).min(m) {
+                let start = if bi == bj { i } else { bj };
+                for j in start..(bj + TILE).min(m) {
+                    let v = g[i * m + j] + g[j * m + i];
+                    g[i * m + j] = v;
+                    g[j * m + i] = v;
+                }
+            }
+        }
+    }
+}
+
+/// `a · aᵀ` for row-major `a` (`m × d`); returns `a` as a tensor and the product.
+fn gram<T: candle_core::WithDType>(a: &[T], m: usize, d: usize) -> Result<(Tensor, Tensor)> {
+    let t = Tensor::from_slice(a, (m, d), &Device::Cpu)?;
+    let sim = t.matmul(&t.t()?)?;
+    Ok((t, sim))
+}
+
 impl CustomOp1 for ContrastiveLoss {
     fn name(&self) -> &'static str {
         "contrastive-loss"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let loss = match storage {
-            CpuStorage::F32(d) => self.forward_rows(contiguous(d, layout)?, row_logits_f32),
-            CpuStorage::F64(d) => self.forward_rows(contiguous(d, layout)?, row_logits_f64),
-            _ => candle_core::bail!("contrastive-loss: f32 or f64 similarities expected"),
+        let (m, d) = layout.shape().dims2()?;
+        if m != 2 * self.n {
+            candle_core::bail!("contrastive-loss: expected {} rows, got {m}", 2 * self.n);
+        }
+        let (loss, cache) = match storage {
+            CpuStorage::F32(z) => {
+                let (zhat, norms) = normalize_f32(contiguous(z, layout)?, d);
+                let (zhat, sim) = gram(&zhat, m, d)?;
+                let loss = loss_f32(self, &sim.flatten_all()?.to_vec1::<f32>()?);
+                (loss, Cache { zhat, norms, sim })
+            }
+            CpuStorage::F64(z) => {
+                let (zhat, norms) = normalize_f64(contiguous(z, layout)?, d);
+                let (zhat, sim) = gram(&zhat, m, d)?;
+                let loss = loss_f64(self, &sim.flatten_all()?.to_vec1::<f64>()?);
+                (loss, Cache { zhat, norms, sim })
+            }
+            _ => candle_core::bail!("contrastive-loss: f32 or f64 embeddings expected"),
         };
+        *self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(cache);
         Ok((scalar_storage(loss, self.out_dtype), Shape::from(())))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let upstream = grad_res.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        let m = 2 * self.n;
-        let sim = arg.contiguous()?;
-        let grad = match sim.dtype() {
-            DType::F32 => {
-                let g = self.backward_f32(&sim.flatten_all()?.to_vec1::<f32>()?, upstream);
-                Tensor::from_vec(g, (m, m), arg.device())?
-            }
-            _ => {
-                let g = self.backward_f64(&sim.flatten_all()?.to_vec1::<f64>()?, upstream);
-                Tensor::from_vec(g, (m, m), arg.device())?
-            }
+        let cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(Cache { zhat, norms, sim }) = cache else {
+            candle_core::bail!("contrastive-loss: backward before forward");
+        };
+        let (m, d) = zhat.dims2()?;
+        macro_rules! backward {
+            ($t:ty, $grad_sim:ident, $grad_z:ident) => {{
+                let mut g = $grad_sim(self, &sim.flatten_all()?.to_vec1::<$t>()?, upstream);
+                // S = ẑẑᵀ: dL/dẑ = (G + Gᵀ) ẑ.
+                symmetrize(&mut g, m);
+                let dzhat = Tensor::from_vec(g, (m, m), &Device::Cpu)?.matmul(&zhat)?;
+                let zh = zhat.flatten_all()?.to_vec1::<$t>()?;
+                let dz = $grad_z(&zh, &dzhat.flatten_all()?.to_vec1::<$t>()?, &norms, d);
+                Tensor::from_vec(dz, (m, d), arg.device())?
+            }};
+        }
+        let grad = match zhat.dtype() {
+            DType::F32 => backward!(f32, grad_sim_f32, grad_z_f32),
+            _ => backward!(f64, grad_sim_f64, grad_z_f64),
         };
         Ok(Some(grad))
     }

@@ -76,7 +76,7 @@ pub(crate) fn check_views(z1: &Tensor, z2: &Tensor) -> Result<(usize, DType)> {
 /// `S = [[S11, S12], [S12ᵀ, S22]]`, `S_ab = ẑ_a·ẑ_b / τ − 1e8·δ_ab`, `ẑ = normalize([z1; z2])`,
 /// returned as a scalar of `out_dtype`.
 ///
-/// With `fused`, on the CPU, the part after the similarity matmul is one op with a hand-written
+/// With `fused`, on the CPU, everything after stacking the views is one op with a hand-written
 /// backward ([`ContrastiveLoss`]); otherwise (and on other devices) it is composed of candle
 /// ops. Both
 /// compute the log-softmax in the embeddings' dtype and weight it in f64.
@@ -93,18 +93,12 @@ pub(crate) fn contrastive_loss(
 ) -> Result<Tensor> {
     let z = Tensor::cat(&[z1, z2], 0)?.to_dtype(dtype)?;
     let n = z1.dim(0)?;
+    if fused && z.device().is_cpu() {
+        let op = ContrastiveLoss::new(n, temperature, scale, targets, out_dtype);
+        return Ok(z.apply_op1(op)?);
+    }
     let zn = normalize_rows(&z)?;
     let sim = zn.matmul(&zn.t()?)?;
-    if fused && sim.device().is_cpu() {
-        let op = ContrastiveLoss {
-            n,
-            temperature,
-            scale,
-            targets,
-            out_dtype,
-        };
-        return Ok(sim.apply_op1(op)?);
-    }
     let ls = log_softmax_logits(&sim, temperature)?;
     let loss = match targets {
         Targets::Pairs => {
