@@ -78,7 +78,7 @@ pub(crate) struct ContrastiveLoss {
     /// Dtype of the scalar result (f64 for y-Aware, the embeddings' dtype for InfoNCE).
     pub(crate) out_dtype: DType,
     /// What the forward computed and the backward reuses: `ẑ`, the clamped row norms, and the
-    /// similarities.
+    /// softmax of the logits.
     cache: Mutex<Option<Cache>>,
 }
 
@@ -86,7 +86,14 @@ pub(crate) struct ContrastiveLoss {
 struct Cache {
     zhat: Tensor,
     norms: Vec<f64>,
-    sim: Tensor,
+    probs: Probs,
+}
+
+/// The row-wise softmax of the logits, in the embeddings' dtype.
+#[derive(Debug, Clone)]
+enum Probs {
+    F32(std::sync::Arc<Vec<f32>>),
+    F64(std::sync::Arc<Vec<f64>>),
 }
 
 impl ContrastiveLoss {
@@ -144,16 +151,24 @@ macro_rules! kernels {
             max
         }
 
-        /// The loss from the similarities.
-        fn $loss(op: &ContrastiveLoss, sim: &[$t]) -> f64 {
+        /// The loss from the similarities, and the softmax of every row (kept for the
+        /// backward, so it needs no exponential).
+        fn $loss(op: &ContrastiveLoss, sim: &[$t]) -> (f64, Vec<$t>) {
             let m = 2 * op.n;
-            let per_row: Vec<f64> = (0..m)
-                .into_par_iter()
-                .map(|a| {
+            let mut probs = vec![0.0 as $t; m * m];
+            let per_row: Vec<f64> = probs
+                .par_chunks_mut(m)
+                .enumerate()
+                .map(|(a, p)| {
                     let mut row = vec![0.0 as $t; m];
                     let max = $logits(op, sim, a, &mut row);
-                    let sum: $t = row.iter().map(|&v| (v - max).exp()).sum();
+                    let mut sum: $t = 0.0;
+                    for (pb, &v) in p.iter_mut().zip(&row) {
+                        *pb = (v - max).exp();
+                        sum += *pb;
+                    }
                     let lse = sum.ln();
+                    p.iter_mut().for_each(|pb| *pb /= sum);
                     let mut acc = 0.0f64;
                     op.targets.for_row(a, op.n, |b, w| {
                         // log_softmax in the embeddings' dtype, weighted in f64.
@@ -162,34 +177,31 @@ macro_rules! kernels {
                     acc
                 })
                 .collect();
-            -op.scale * per_row.iter().sum::<f64>()
+            (-op.scale * per_row.iter().sum::<f64>(), probs)
         }
 
-        /// `dL/dS` (`2N × 2N`, S the similarities) for an upstream gradient `upstream`.
-        fn $grad_sim(op: &ContrastiveLoss, sim: &[$t], upstream: f64) -> Vec<$t> {
+        /// `dL/dS` (`2N × 2N`, S the similarities) for an upstream gradient `upstream`, from
+        /// the rows' softmax.
+        fn $grad_sim(op: &ContrastiveLoss, probs: &[$t], upstream: f64) -> Vec<$t> {
             let m = 2 * op.n;
             let tau = op.temperature as $t;
             let mut grad = vec![0.0 as $t; m * m];
-            grad.par_chunks_mut(m).enumerate().for_each(|(a, g)| {
-                let mut row = vec![0.0 as $t; m];
-                let max = $logits(op, sim, a, &mut row);
-                let mut sum: $t = 0.0;
-                for r in row.iter_mut() {
-                    *r = (*r - max).exp();
-                    sum += *r;
-                }
-                // dL/dLS_ab = −scale·upstream·W̃_ab, in the embeddings' dtype; then the
-                // log-softmax backward `g − softmax·Σg`, then the temperature.
-                let mut total: $t = 0.0;
-                op.targets.for_row(a, op.n, |b, w| {
-                    let gl = (-op.scale * upstream * w) as $t;
-                    g[b] = gl;
-                    total += gl;
+            grad.par_chunks_mut(m)
+                .zip(probs.par_chunks(m))
+                .enumerate()
+                .for_each(|(a, (g, p))| {
+                    // dL/dLS_ab = −scale·upstream·W̃_ab, in the embeddings' dtype; then the
+                    // log-softmax backward `g − softmax·Σg`, then the temperature.
+                    let mut total: $t = 0.0;
+                    op.targets.for_row(a, op.n, |b, w| {
+                        let gl = (-op.scale * upstream * w) as $t;
+                        g[b] = gl;
+                        total += gl;
+                    });
+                    for (gb, &pb) in g.iter_mut().zip(p) {
+                        *gb = (*gb - pb * total) / tau;
+                    }
                 });
-                for (gb, &e) in g.iter_mut().zip(&row) {
-                    *gb = (*gb - (e / sum) * total) / tau;
-                }
-            });
             grad
         }
 
@@ -250,21 +262,27 @@ fn scalar_storage(v: f64, dtype: DType) -> CpuStorage {
     }
 }
 
-/// `G ← G + Gᵀ` in place (row-major `m × m`), in cache-sized tiles.
-fn symmetrize<T: Copy + std::ops::Add<Output = T>>(g: &mut [T], m: usize) {
+/// `G + Gᵀ` (row-major `m × m`), by blocks of rows in parallel and cache-sized tiles.
+fn symmetrized<T: Copy + Send + Sync + Default + std::ops::Add<Output = T>>(
+    g: &[T],
+    m: usize,
+) -> Vec<T> {
     const TILE: usize = 64;
-    for bi in (0..m).step_by(TILE) {
-        for bj in (bi..m).step_by(TILE) {
-            for i in bi..(bi + TILE).min(m) {
-                let start = if bi == bj { i } else { bj };
-                for j in start..(bj + TILE).min(m) {
-                    let v = g[i * m + j] + g[j * m + i];
-                    g[i * m + j] = v;
-                    g[j * m + i] = v;
+    let mut out = vec![T::default(); m * m];
+    out.par_chunks_mut(TILE * m)
+        .enumerate()
+        .for_each(|(bi, rows)| {
+            let i0 = bi * TILE;
+            for j0 in (0..m).step_by(TILE) {
+                for (di, row) in rows.chunks_exact_mut(m).enumerate() {
+                    let i = i0 + di;
+                    for j in j0..(j0 + TILE).min(m) {
+                        row[j] = g[i * m + j] + g[j * m + i];
+                    }
                 }
             }
-        }
-    }
+        });
+    out
 }
 
 /// `a · aᵀ` for row-major `a` (`m × d`); returns `a` as a tensor and the product.
@@ -288,14 +306,28 @@ impl CustomOp1 for ContrastiveLoss {
             CpuStorage::F32(z) => {
                 let (zhat, norms) = normalize_f32(contiguous(z, layout)?, d);
                 let (zhat, sim) = gram(&zhat, m, d)?;
-                let loss = loss_f32(self, &sim.flatten_all()?.to_vec1::<f32>()?);
-                (loss, Cache { zhat, norms, sim })
+                let (loss, probs) = loss_f32(self, &sim.flatten_all()?.to_vec1::<f32>()?);
+                (
+                    loss,
+                    Cache {
+                        zhat,
+                        norms,
+                        probs: Probs::F32(probs.into()),
+                    },
+                )
             }
             CpuStorage::F64(z) => {
                 let (zhat, norms) = normalize_f64(contiguous(z, layout)?, d);
                 let (zhat, sim) = gram(&zhat, m, d)?;
-                let loss = loss_f64(self, &sim.flatten_all()?.to_vec1::<f64>()?);
-                (loss, Cache { zhat, norms, sim })
+                let (loss, probs) = loss_f64(self, &sim.flatten_all()?.to_vec1::<f64>()?);
+                (
+                    loss,
+                    Cache {
+                        zhat,
+                        norms,
+                        probs: Probs::F64(probs.into()),
+                    },
+                )
             }
             _ => candle_core::bail!("contrastive-loss: f32 or f64 embeddings expected"),
         };
@@ -313,24 +345,24 @@ impl CustomOp1 for ContrastiveLoss {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let Some(Cache { zhat, norms, sim }) = cache else {
+        let Some(Cache { zhat, norms, probs }) = cache else {
             candle_core::bail!("contrastive-loss: backward before forward");
         };
         let (m, d) = zhat.dims2()?;
         macro_rules! backward {
-            ($t:ty, $grad_sim:ident, $grad_z:ident) => {{
-                let mut g = $grad_sim(self, &sim.flatten_all()?.to_vec1::<$t>()?, upstream);
+            ($t:ty, $probs:expr, $grad_sim:ident, $grad_z:ident) => {{
+                let g = $grad_sim(self, $probs, upstream);
                 // S = ẑẑᵀ: dL/dẑ = (G + Gᵀ) ẑ.
-                symmetrize(&mut g, m);
-                let dzhat = Tensor::from_vec(g, (m, m), &Device::Cpu)?.matmul(&zhat)?;
+                let h = Tensor::from_vec(symmetrized(&g, m), (m, m), &Device::Cpu)?;
+                let dzhat = h.matmul(&zhat)?;
                 let zh = zhat.flatten_all()?.to_vec1::<$t>()?;
                 let dz = $grad_z(&zh, &dzhat.flatten_all()?.to_vec1::<$t>()?, &norms, d);
                 Tensor::from_vec(dz, (m, d), arg.device())?
             }};
         }
-        let grad = match zhat.dtype() {
-            DType::F32 => backward!(f32, grad_sim_f32, grad_z_f32),
-            _ => backward!(f64, grad_sim_f64, grad_z_f64),
+        let grad = match &probs {
+            Probs::F32(p) => backward!(f32, p, grad_sim_f32, grad_z_f32),
+            Probs::F64(p) => backward!(f64, p, grad_sim_f64, grad_z_f64),
         };
         Ok(Some(grad))
     }
