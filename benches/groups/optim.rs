@@ -10,6 +10,7 @@ use std::hint::black_box;
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor, Var};
 use criterion::{BenchmarkId, Criterion, Throughput};
+use rayon::prelude::*;
 use yaware_optim::{AdamW, AdamWConfig, Optimizer, ParamGroup};
 
 use super::normal_vec;
@@ -55,6 +56,16 @@ pub(crate) fn bench(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("memcpy_f32", "33.2M"), |b| {
         b.iter(|| {
             dst.copy_from_slice(black_box(&src));
+            black_box(&dst);
+        })
+    });
+    // The same copy on every core, in the chunks the fused kernel uses: the bandwidth ceiling
+    // of a parallel one-pass loop.
+    group.bench_function(BenchmarkId::new("memcpy_parallel_f32", "33.2M"), |b| {
+        b.iter(|| {
+            dst.par_chunks_mut(1 << 15)
+                .zip(black_box(&src).par_chunks(1 << 15))
+                .for_each(|(d, s)| d.copy_from_slice(s));
             black_box(&dst);
         })
     });
