@@ -20,95 +20,79 @@ fn f(v: &Value, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("group field `{key}`: {v}"))
 }
 
-/// Builds the case's optimizer over `params` (name → var) from its metadata.
+/// Builds the case's optimizer over `params` (name → var) from its metadata: one group per
+/// entry of `param_groups`, each with its own hyper-parameters.
 fn build(case: &Value, params: &HashMap<String, Var>, fused: bool) -> Box<dyn Optimizer> {
     let pgs = case["param_groups"].as_array().expect("param_groups");
-    let groups: Vec<ParamGroup> = pgs
-        .iter()
-        .enumerate()
-        .map(|(i, pg)| {
-            let name = pg["name"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| format!("group{i}"));
-            let vars = pg["params"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| {
-                    let p = p.as_str().unwrap().to_string();
-                    let v = params[&p].clone();
-                    (p, v)
-                })
-                .collect();
-            ParamGroup::new(name, vars)
-                .with_lr(f(pg, "lr"))
-                .with_weight_decay(f(pg, "weight_decay"))
-        })
-        .collect();
-    // Hyper-parameters other than lr and weight decay are shared by the groups of a case.
-    let g0 = &pgs[0];
-    for pg in pgs {
-        for key in [
-            "momentum",
-            "dampening",
-            "nesterov",
-            "betas",
-            "eps",
-            "amsgrad",
-        ] {
-            assert_eq!(
-                pg.get(key),
-                g0.get(key),
-                "groups differ in `{key}`: not representable here"
-            );
-        }
-    }
-    let betas = || {
-        let b = g0["betas"].as_array().unwrap();
+    let group = |i: usize, pg: &Value| {
+        let name = pg["name"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("group{i}"));
+        let vars = pg["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let p = p.as_str().unwrap().to_string();
+                let v = params[&p].clone();
+                (p, v)
+            })
+            .collect();
+        ParamGroup::new(name, vars)
+    };
+    let betas = |pg: &Value| {
+        let b = pg["betas"].as_array().unwrap();
         (b[0].as_f64().unwrap(), b[1].as_f64().unwrap())
     };
+    let adam = |pg: &Value| AdamConfig {
+        lr: f(pg, "lr"),
+        betas: betas(pg),
+        eps: f(pg, "eps"),
+        weight_decay: f(pg, "weight_decay"),
+        amsgrad: pg["amsgrad"].as_bool().unwrap(),
+    };
+    let groups = pgs.iter().enumerate();
     match case["optimizer"].as_str().unwrap() {
         "SGD" => Box::new(
-            Sgd::new(
-                groups,
-                SgdConfig {
-                    lr: f(g0, "lr"),
-                    momentum: f(g0, "momentum"),
-                    dampening: f(g0, "dampening"),
-                    nesterov: g0["nesterov"].as_bool().unwrap(),
-                    weight_decay: f(g0, "weight_decay"),
-                },
+            Sgd::with_group_configs(
+                groups
+                    .map(|(i, pg)| {
+                        let c = SgdConfig {
+                            lr: f(pg, "lr"),
+                            momentum: f(pg, "momentum"),
+                            dampening: f(pg, "dampening"),
+                            nesterov: pg["nesterov"].as_bool().unwrap(),
+                            weight_decay: f(pg, "weight_decay"),
+                        };
+                        (group(i, pg), c)
+                    })
+                    .collect(),
             )
             .unwrap(),
         ),
         "Adam" => {
-            let mut opt = Adam::new(
-                groups,
-                AdamConfig {
-                    lr: f(g0, "lr"),
-                    betas: betas(),
-                    eps: f(g0, "eps"),
-                    weight_decay: f(g0, "weight_decay"),
-                    amsgrad: g0["amsgrad"].as_bool().unwrap(),
-                },
-            )
-            .unwrap();
+            let mut opt =
+                Adam::with_group_configs(groups.map(|(i, pg)| (group(i, pg), adam(pg))).collect())
+                    .unwrap();
             opt.set_fused(fused);
             Box::new(opt)
         }
         "AdamW" => {
-            let mut opt = AdamW::new(
-                groups,
-                AdamWConfig {
-                    lr: f(g0, "lr"),
-                    betas: betas(),
-                    eps: f(g0, "eps"),
-                    weight_decay: f(g0, "weight_decay"),
-                    amsgrad: g0["amsgrad"].as_bool().unwrap(),
-                },
-            )
-            .unwrap();
+            let configs = groups
+                .map(|(i, pg)| {
+                    let a = adam(pg);
+                    let c = AdamWConfig {
+                        lr: a.lr,
+                        betas: a.betas,
+                        eps: a.eps,
+                        weight_decay: a.weight_decay,
+                        amsgrad: a.amsgrad,
+                    };
+                    (group(i, pg), c)
+                })
+                .collect();
+            let mut opt = AdamW::with_group_configs(configs).unwrap();
             opt.set_fused(fused);
             Box::new(opt)
         }

@@ -442,3 +442,51 @@ fn closed_form_warmup_does_not_overshoot() {
         "stays at eta_min after max_epochs"
     );
 }
+
+#[test]
+fn an_optimizer_without_parameters() {
+    let e = Sgd::new(vec![ParamGroup::new("empty", vec![])], SgdConfig::default()).unwrap_err();
+    assert!(matches!(e, Error::InvalidConfig(_)));
+    assert!(matches!(
+        Adam::new(vec![], AdamConfig::default()),
+        Err(Error::InvalidConfig(_))
+    ));
+}
+
+#[test]
+fn groups_can_have_their_own_hyper_parameters() {
+    let (a, b) = (var(2), var(2));
+    let opt = Sgd::with_group_configs(vec![
+        (
+            ParamGroup::from_vars("a", vec![a]),
+            SgdConfig {
+                lr: 0.1,
+                momentum: 0.9,
+                ..Default::default()
+            },
+        ),
+        (
+            ParamGroup::from_vars("b", vec![b]).with_lr(0.5),
+            SgdConfig {
+                lr: 0.1,
+                ..Default::default()
+            },
+        ),
+    ])
+    .unwrap();
+    assert_eq!(opt.config(0).unwrap().momentum, 0.9);
+    assert_eq!(opt.config(1).unwrap().momentum, 0.0);
+    assert_eq!(
+        opt.lr(1).unwrap(),
+        0.5,
+        "the group's override applies on top"
+    );
+    let bad = Adam::with_group_configs(vec![(
+        ParamGroup::from_vars("a", vec![var(1)]),
+        AdamConfig {
+            eps: 0.0,
+            ..Default::default()
+        },
+    )]);
+    invalid(bad, "eps");
+}

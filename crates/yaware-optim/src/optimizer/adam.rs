@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 
 use super::fused::{AdamStep, FusedAdam, HostVec};
 use super::{
-    Group, GroupConfig, Optimizer, add_scaled, build_groups, check_lr, check_no_extra_keys,
+    Group, GroupConfig, Optimizer, add_scaled, build_groups_with, check_lr, check_no_extra_keys,
     div_scalar, group_index, group_index_mut, read_like, read_lr, read_step, step_tensor, to_cpu,
 };
 use crate::error::{Result, check};
@@ -163,7 +163,15 @@ fn lerp(a: &Tensor, b: &Tensor, w: f64) -> Result<Tensor> {
 
 impl AdamCore {
     fn new(groups: Vec<ParamGroup>, defaults: AdamConfig, decoupled: bool) -> Result<Self> {
-        let groups = build_groups(groups, &defaults)?;
+        defaults.validate()?;
+        Self::with_configs(
+            groups.into_iter().map(|g| (g, defaults)).collect(),
+            decoupled,
+        )
+    }
+
+    fn with_configs(groups: Vec<(ParamGroup, AdamConfig)>, decoupled: bool) -> Result<Self> {
+        let groups = build_groups_with(groups)?;
         let state = groups
             .iter()
             .map(|g| vec![Moments::default(); g.params.len()])
@@ -399,6 +407,13 @@ macro_rules! adam_optimizer {
             /// decay.
             pub fn new(groups: Vec<ParamGroup>, defaults: $config) -> Result<Self> {
                 Ok(Self(AdamCore::new(groups, defaults.into(), $decoupled)?))
+            }
+
+            /// An optimizer whose groups each have their own hyper-parameters (PyTorch's
+            /// per-group `betas`, `eps`, …); a group's lr / weight-decay overrides apply on top.
+            pub fn with_group_configs(groups: Vec<(ParamGroup, $config)>) -> Result<Self> {
+                let groups = groups.into_iter().map(|(g, c)| (g, c.into())).collect();
+                Ok(Self(AdamCore::with_configs(groups, $decoupled)?))
             }
 
             /// Chooses the fused CPU kernel (the default; used for contiguous f32 / f64 CPU

@@ -100,10 +100,24 @@ pub(crate) fn build_groups<C: GroupConfig>(
     defaults: &C,
 ) -> Result<Vec<Group<C>>> {
     defaults.validate()?;
+    build_groups_with(groups.into_iter().map(|g| (g, defaults.clone())).collect())
+}
+
+/// Groups with a full configuration each (the group's own lr / weight-decay overrides, when
+/// set, still apply on top), validated; an optimizer with no parameter at all, two groups of
+/// one name or a parameter in two groups are errors.
+pub(crate) fn build_groups_with<C: GroupConfig>(
+    groups: Vec<(ParamGroup, C)>,
+) -> Result<Vec<Group<C>>> {
+    if groups.iter().all(|(g, _)| g.params.is_empty()) {
+        return Err(Error::InvalidConfig(
+            "optimizer got an empty parameter list".into(),
+        ));
+    }
     let mut seen = HashSet::new();
-    let mut out = Vec::with_capacity(groups.len());
     let mut names = HashSet::new();
-    for g in groups {
+    let mut out = Vec::with_capacity(groups.len());
+    for (g, mut config) in groups {
         if !names.insert(g.name.clone()) {
             return Err(Error::InvalidConfig(format!(
                 "two parameter groups are named `{}`",
@@ -117,7 +131,6 @@ pub(crate) fn build_groups<C: GroupConfig>(
                 )));
             }
         }
-        let mut config = defaults.clone();
         if let Some(lr) = g.lr {
             *config.lr_mut() = lr;
         }

@@ -7,8 +7,8 @@ use candle_core::Tensor;
 use candle_core::backprop::GradStore;
 
 use super::{
-    Group, GroupConfig, Optimizer, add_scaled, build_groups, check_lr, check_no_extra_keys,
-    group_index, group_index_mut, read_like, read_lr, to_cpu,
+    Group, GroupConfig, Optimizer, add_scaled, build_groups, build_groups_with, check_lr,
+    check_no_extra_keys, group_index, group_index_mut, read_like, read_lr, to_cpu,
 };
 use crate::error::{Error, Result, check};
 use crate::group::ParamGroup;
@@ -106,6 +106,14 @@ impl Sgd {
     /// An optimizer over `groups`, each taking `defaults` unless it overrides lr / weight decay.
     pub fn new(groups: Vec<ParamGroup>, defaults: SgdConfig) -> Result<Self> {
         let groups = build_groups(groups, &defaults)?;
+        let buffers = groups.iter().map(|g| vec![None; g.params.len()]).collect();
+        Ok(Self { groups, buffers })
+    }
+
+    /// An optimizer whose groups each have their own hyper-parameters (PyTorch's per-group
+    /// `momentum`, `dampening`, …); a group's lr / weight-decay overrides apply on top.
+    pub fn with_group_configs(groups: Vec<(ParamGroup, SgdConfig)>) -> Result<Self> {
+        let groups = build_groups_with(groups)?;
         let buffers = groups.iter().map(|g| vec![None; g.params.len()]).collect();
         Ok(Self { groups, buffers })
     }
