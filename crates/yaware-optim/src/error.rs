@@ -54,3 +54,13 @@ pub(crate) fn check(name: &'static str, value: f64, ok: bool, rule: &'static str
         Err(Error::InvalidParam { name, value, rule })
     }
 }
+
+/// Checks that `value` is finite and ≥ 0.
+pub(crate) fn check_non_negative(name: &'static str, value: f64) -> Result<()> {
+    check(
+        name,
+        value,
+        value >= 0.0 && value.is_finite(),
+        "must be finite and >= 0",
+    )
+}

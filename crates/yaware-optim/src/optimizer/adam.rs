@@ -12,7 +12,7 @@ use super::{
     Group, GroupConfig, Optimizer, add_scaled, build_groups_with, check_lr, check_no_extra_keys,
     div_scalar, group_index, group_index_mut, read_like, read_lr, read_step, step_tensor, to_cpu,
 };
-use crate::error::{Result, check};
+use crate::error::{Result, check, check_non_negative};
 use crate::group::ParamGroup;
 
 /// Hyper-parameters of [`Adam`] (PyTorch's names and defaults).
@@ -101,12 +101,7 @@ impl GroupConfig for AdamConfig {
             self.eps > 0.0 && self.eps.is_finite(),
             "must be finite and > 0",
         )?;
-        check(
-            "weight_decay",
-            self.weight_decay,
-            self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
-            "must be finite and >= 0",
-        )
+        check_non_negative("weight_decay", self.weight_decay)
     }
 }
 

@@ -148,12 +148,7 @@ pub(crate) fn build_groups_with<C: GroupConfig>(
 }
 
 pub(crate) fn check_lr(lr: f64) -> Result<()> {
-    crate::error::check(
-        "lr",
-        lr,
-        lr >= 0.0 && lr.is_finite(),
-        "must be finite and >= 0",
-    )
+    crate::error::check_non_negative("lr", lr)
 }
 
 pub(crate) fn group_index<C>(groups: &[Group<C>], group: usize) -> Result<&Group<C>> {

@@ -10,7 +10,7 @@ use super::{
     Group, GroupConfig, Optimizer, add_scaled, build_groups, build_groups_with, check_lr,
     check_no_extra_keys, group_index, group_index_mut, read_like, read_lr, to_cpu,
 };
-use crate::error::{Error, Result, check};
+use crate::error::{Error, Result, check, check_non_negative};
 use crate::group::ParamGroup;
 
 /// Hyper-parameters of [`Sgd`] (PyTorch's names and defaults).
@@ -51,24 +51,14 @@ impl GroupConfig for SgdConfig {
 
     fn validate(&self) -> Result<()> {
         check_lr(self.lr)?;
-        check(
-            "momentum",
-            self.momentum,
-            self.momentum >= 0.0 && self.momentum.is_finite(),
-            "must be finite and >= 0",
-        )?;
+        check_non_negative("momentum", self.momentum)?;
         check(
             "dampening",
             self.dampening,
             self.dampening.is_finite(),
             "must be finite",
         )?;
-        check(
-            "weight_decay",
-            self.weight_decay,
-            self.weight_decay >= 0.0 && self.weight_decay.is_finite(),
-            "must be finite and >= 0",
-        )?;
+        check_non_negative("weight_decay", self.weight_decay)?;
         if self.nesterov && (self.momentum <= 0.0 || self.dampening != 0.0) {
             return Err(Error::InvalidConfig(format!(
                 "Nesterov momentum requires a momentum > 0 and zero dampening (momentum = {}, dampening = {})",

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use candle_core::{Device, Tensor};
 
 use super::{LrScheduler, f64s_tensor, group_lrs, read_f64s, set_lrs};
-use crate::error::{Error, Result, check};
+use crate::error::{Error, Result, check, check_non_negative};
 use crate::optimizer::{Optimizer, read_step};
 
 /// Whether lower or higher metric values are better.
@@ -73,24 +73,9 @@ impl ReduceLrOnPlateauConfig {
             (0.0..1.0).contains(&self.factor),
             "must be in [0, 1)",
         )?;
-        check(
-            "threshold",
-            self.threshold,
-            self.threshold >= 0.0 && self.threshold.is_finite(),
-            "must be finite and >= 0",
-        )?;
-        check(
-            "min_lr",
-            self.min_lr,
-            self.min_lr >= 0.0 && self.min_lr.is_finite(),
-            "must be finite and >= 0",
-        )?;
-        check(
-            "eps",
-            self.eps,
-            self.eps >= 0.0 && self.eps.is_finite(),
-            "must be finite and >= 0",
-        )
+        check_non_negative("threshold", self.threshold)?;
+        check_non_negative("min_lr", self.min_lr)?;
+        check_non_negative("eps", self.eps)
     }
 }
 
