@@ -29,6 +29,15 @@ pub enum Error {
         /// Shape of `y`.
         shape: Shape,
     },
+    /// A batch that is not `[X1, X2]` or `([X1, X2], y)` with valid parts; the message ends
+    /// with a dump of what was given.
+    #[error("{problem} Got\n{got}")]
+    InvalidBatch {
+        /// What is wrong.
+        problem: crate::batch::BatchProblem,
+        /// A tree dump of the batch (shapes and dtypes of every part).
+        got: String,
+    },
     /// An error raised by candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

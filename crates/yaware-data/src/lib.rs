@@ -5,9 +5,10 @@
 //! Place in the workspace: depends on candle only, CPU-side and model-agnostic;
 //! `yaware-estimator` depends on it.
 //!
-//! **Status: partial.** Only [`TwoViewBatch`] and, behind the optional `candle-datasets`
-//! feature, batching with candle-datasets' `Batcher` exist so far; parsing of the reference's
-//! batch shapes, augmentations, datasets and the parallel loader come with the data issue.
+//! **Status: partial.** [`TwoViewBatch`], the parser of the reference's batch shapes
+//! ([`parse_two_views_batch`] over [`BatchItem`]) and, behind the optional `candle-datasets`
+//! feature, batching with candle-datasets' `Batcher` exist so far; augmentations, datasets and
+//! the parallel loader come with the data issue.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -21,10 +22,12 @@
 //! # Ok::<(), yaware_data::Error>(())
 //! ```
 
+mod batch;
 #[cfg(feature = "candle-datasets")]
 pub mod batcher;
 mod error;
 mod two_view;
 
+pub use batch::{BatchItem, BatchProblem, parse_two_views_batch};
 pub use error::{Error, Result};
 pub use two_view::TwoViewBatch;
