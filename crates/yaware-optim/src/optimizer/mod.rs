@@ -71,7 +71,7 @@ impl dyn Optimizer + '_ {
         )?)
     }
 
-    /// Reads state written by [`save_state`](Self::save_state).
+    /// Reads state written by `save_state`.
     pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let state = candle_core::safetensors::load(path, &Device::Cpu)?;
         self.load_state_tensors(&state)

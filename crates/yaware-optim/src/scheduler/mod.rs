@@ -48,7 +48,7 @@ impl dyn LrScheduler + '_ {
         )?)
     }
 
-    /// Reads state written by [`save_state`](Self::save_state).
+    /// Reads state written by `save_state`.
     pub fn load_state(&mut self, path: impl AsRef<Path>) -> Result<()> {
         let state = candle_core::safetensors::load(path, &Device::Cpu)?;
         self.load_state_tensors(&state)
