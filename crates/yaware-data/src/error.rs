@@ -38,6 +38,19 @@ pub enum Error {
         /// A tree dump of the batch (shapes and dtypes of every part).
         got: String,
     },
+    /// A transform hyper-parameter outside its domain.
+    #[error("invalid `{name}` = {value}: {rule}")]
+    InvalidParam {
+        /// The parameter's name (the reference's spelling).
+        name: &'static str,
+        /// The value given, formatted.
+        value: String,
+        /// What it must satisfy.
+        rule: &'static str,
+    },
+    /// Volume data that does not fit its shape, or a tensor that is not a volume.
+    #[error("invalid volume: {0}")]
+    Volume(String),
     /// An error raised by candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -6,9 +6,10 @@
 //! `yaware-estimator` depends on it.
 //!
 //! **Status: partial.** [`TwoViewBatch`], the parser of the reference's batch shapes
-//! ([`parse_two_views_batch`] over [`BatchItem`]) and, behind the optional `candle-datasets`
-//! feature, batching with candle-datasets' `Batcher` exist so far; augmentations, datasets and
-//! the parallel loader come with the data issue.
+//! ([`parse_two_views_batch`] over [`BatchItem`]), the first augmentations ([`augment`]: flip,
+//! noise, erasing, z-normalisation, crop-or-pad, composition, random application, multiple
+//! views) and, behind the optional `candle-datasets` feature, batching with candle-datasets'
+//! `Batcher` exist so far; the other augmentations, datasets and the parallel loader come next.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -22,6 +23,7 @@
 //! # Ok::<(), yaware_data::Error>(())
 //! ```
 
+pub mod augment;
 mod batch;
 #[cfg(feature = "candle-datasets")]
 pub mod batcher;

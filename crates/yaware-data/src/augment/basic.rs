@@ -1,0 +1,240 @@
+//! Flip, Gaussian noise, z-normalisation and centred crop-or-pad.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::{SampleRng, Transform, Volume, check_probability, check_range};
+use crate::error::{Error, Result};
+
+/// Flips each listed spatial axis (0 = D, 1 = H, 2 = W) independently with probability
+/// `flip_probability` (the reference's `RandomFlip`).
+#[derive(Debug, Clone)]
+pub struct RandomFlip {
+    axes: Vec<usize>,
+    flip_probability: f64,
+}
+
+impl RandomFlip {
+    /// Axes in `{0, 1, 2}`, probability in `[0, 1]`.
+    pub fn new(axes: Vec<usize>, flip_probability: f64) -> Result<Self> {
+        if let Some(&a) = axes.iter().find(|&&a| a > 2) {
+            return Err(Error::InvalidParam {
+                name: "axes",
+                value: a.to_string(),
+                rule: "spatial axes are 0, 1 or 2",
+            });
+        }
+        check_probability("flip_probability", flip_probability)?;
+        Ok(Self {
+            axes,
+            flip_probability,
+        })
+    }
+}
+
+fn flip_axis(v: &mut Volume, axis: usize) {
+    let [_, d, h, w] = v.shape();
+    let dims = [d, h, w];
+    // Strides of the spatial axes within a channel.
+    let strides = [h * w, w, 1];
+    let (n, stride) = (dims[axis], strides[axis]);
+    let outer: usize = dims[..axis].iter().product();
+    let block = n * stride;
+    for channel in v.channels_mut() {
+        for o in 0..outer {
+            let base = o * block;
+            for i in 0..n / 2 {
+                let (a, b) = (base + i * stride, base + (n - 1 - i) * stride);
+                for k in 0..stride {
+                    channel.swap(a + k, b + k);
+                }
+            }
+        }
+    }
+}
+
+impl Transform for RandomFlip {
+    fn apply(&self, mut volume: Volume, rng: &mut SampleRng) -> Result<Volume> {
+        for &axis in &self.axes {
+            if rng.uniform() < self.flip_probability {
+                flip_axis(&mut volume, axis);
+            }
+        }
+        Ok(volume)
+    }
+}
+
+/// Adds `N(μ, σ)` noise to every voxel, with `μ ~ U(mean)` and `σ ~ U(std)` drawn per call (the
+/// reference's `RandomGaussianNoise`; defaults mean 0, std in (0.1, 1.0)).
+#[derive(Debug, Clone)]
+pub struct RandomGaussianNoise {
+    mean: (f64, f64),
+    std: (f64, f64),
+}
+
+impl RandomGaussianNoise {
+    /// Ranges `(low, high)`; the std range must be ≥ 0.
+    pub fn new(mean: (f64, f64), std: (f64, f64)) -> Result<Self> {
+        check_range("mean", mean, None)?;
+        check_range("std", std, Some(0.0))?;
+        Ok(Self { mean, std })
+    }
+}
+
+impl Default for RandomGaussianNoise {
+    fn default() -> Self {
+        Self {
+            mean: (0.0, 0.0),
+            std: (0.1, 1.0),
+        }
+    }
+}
+
+impl Transform for RandomGaussianNoise {
+    fn apply(&self, mut volume: Volume, rng: &mut SampleRng) -> Result<Volume> {
+        let mu = rng.range(self.mean.0, self.mean.1);
+        let sigma = rng.range(self.std.0, self.std.1);
+        for x in volume.data_mut() {
+            *x += (mu + sigma * rng.normal()) as f32;
+        }
+        Ok(volume)
+    }
+}
+
+/// A voxel predicate selecting the voxels z-normalisation takes its statistics from (e.g.
+/// `|x| x > 0.0` for a brain mask).
+pub type VoxelMask = Arc<dyn Fn(f32) -> bool + Send + Sync>;
+
+/// Per channel `(x − μ)/(σ + eps)`, with μ and σ over the masked voxels (all by default).
+///
+/// σ is the population standard deviation (ddof = 0), as the reference's numpy backend; its
+/// torch backend uses ddof = 1 — the two disagree, and we document the one we use.
+#[derive(Clone)]
+pub struct ZNormalization {
+    eps: f64,
+    mask: Option<VoxelMask>,
+}
+
+impl fmt::Debug for ZNormalization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZNormalization")
+            .field("eps", &self.eps)
+            .field("masked", &self.mask.is_some())
+            .finish()
+    }
+}
+
+impl Default for ZNormalization {
+    /// eps = 1e-8, no mask.
+    fn default() -> Self {
+        Self {
+            eps: 1e-8,
+            mask: None,
+        }
+    }
+}
+
+impl ZNormalization {
+    /// Statistics over the voxels where `mask` holds.
+    pub fn with_mask(mask: VoxelMask) -> Self {
+        Self {
+            mask: Some(mask),
+            ..Default::default()
+        }
+    }
+}
+
+impl Transform for ZNormalization {
+    fn apply(&self, mut volume: Volume, _rng: &mut SampleRng) -> Result<Volume> {
+        for channel in volume.channels_mut() {
+            let selected = |x: &f32| self.mask.as_ref().is_none_or(|m| m(*x));
+            let (mut n, mut sum) = (0usize, 0.0f64);
+            for x in channel.iter().filter(|x| selected(x)) {
+                n += 1;
+                sum += *x as f64;
+            }
+            if n == 0 {
+                return Err(Error::Volume(
+                    "z-normalisation: the mask selects no voxel".into(),
+                ));
+            }
+            let mean = sum / n as f64;
+            let var = channel
+                .iter()
+                .filter(|x| selected(x))
+                .map(|&x| (x as f64 - mean).powi(2))
+                .sum::<f64>()
+                / n as f64;
+            let scale = 1.0 / (var.sqrt() + self.eps);
+            for x in channel.iter_mut() {
+                *x = ((*x as f64 - mean) * scale) as f32;
+            }
+        }
+        Ok(volume)
+    }
+}
+
+/// Centres the volume in `target_shape` (D, H, W): pads with `value` (before = (out − in)/2,
+/// after = the rest) and crops (start = (in − out)/2), per axis.
+#[derive(Debug, Clone)]
+pub struct CropOrPad {
+    target_shape: [usize; 3],
+    value: f32,
+}
+
+impl CropOrPad {
+    /// A non-empty target shape, constant padding with `value`.
+    pub fn new(target_shape: [usize; 3], value: f32) -> Result<Self> {
+        if target_shape.contains(&0) {
+            return Err(Error::InvalidParam {
+                name: "target_shape",
+                value: format!("{target_shape:?}"),
+                rule: "every size must be > 0",
+            });
+        }
+        Ok(Self {
+            target_shape,
+            value,
+        })
+    }
+}
+
+impl Transform for CropOrPad {
+    fn apply(&self, volume: Volume, _rng: &mut SampleRng) -> Result<Volume> {
+        let [c, d, h, w] = volume.shape();
+        let [od, oh, ow] = self.target_shape;
+        // Offset of the output origin in input coordinates (negative when padding).
+        let off = |inp: usize, out: usize| -> isize {
+            if out >= inp {
+                -(((out - inp) / 2) as isize)
+            } else {
+                ((inp - out) / 2) as isize
+            }
+        };
+        let (fd, fh, fw) = (off(d, od), off(h, oh), off(w, ow));
+        let mut data = vec![self.value; c * od * oh * ow];
+        for (ci, src) in volume.channels().enumerate() {
+            let dst = &mut data[ci * od * oh * ow..(ci + 1) * od * oh * ow];
+            for z in 0..od {
+                let sz = z as isize + fd;
+                if sz < 0 || sz >= d as isize {
+                    continue;
+                }
+                for y in 0..oh {
+                    let sy = y as isize + fh;
+                    if sy < 0 || sy >= h as isize {
+                        continue;
+                    }
+                    for x in 0..ow {
+                        let sx = x as isize + fw;
+                        if sx >= 0 && sx < w as isize {
+                            dst[(z * oh + y) * ow + x] =
+                                src[((sz as usize) * h + sy as usize) * w + sx as usize];
+                        }
+                    }
+                }
+            }
+        }
+        Volume::new([c, od, oh, ow], data)
+    }
+}

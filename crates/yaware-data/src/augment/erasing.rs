@@ -1,0 +1,163 @@
+//! Random erasing (cutout) of boxes.
+
+use super::{SampleRng, Transform, Volume, check_range};
+use crate::error::{Error, Result};
+
+/// What an erased box is filled with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EraseValue {
+    /// A constant (default 0).
+    Number(f32),
+    /// The box's mean, per channel.
+    Mean,
+    /// `N(0, 1)` noise per voxel.
+    Random,
+}
+
+/// Erases `num_iterations` random boxes, the same box in every channel (the reference's
+/// `RandomErasing`; defaults scale (0.02, 0.33), ratio (1, 3), one iteration, value 0).
+///
+/// Box sampling: a target size `U(scale)·volume`, three aspect ratios `exp(U(log r0, log r1))`
+/// normalised to a product of 1, sides `round(∛size · a_i)`; a box that does not fit is
+/// redrawn, up to 10 times, then tried once with ratio 1, then nothing is erased.
+#[derive(Debug, Clone)]
+pub struct RandomErasing {
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    num_iterations: usize,
+    value: EraseValue,
+}
+
+impl Default for RandomErasing {
+    fn default() -> Self {
+        Self {
+            scale: (0.02, 0.33),
+            ratio: (1.0, 3.0),
+            num_iterations: 1,
+            value: EraseValue::Number(0.0),
+        }
+    }
+}
+
+impl RandomErasing {
+    /// `scale` within `[0, 1]`, `ratio` > 0, at least one iteration.
+    pub fn new(
+        scale: (f64, f64),
+        ratio: (f64, f64),
+        num_iterations: usize,
+        value: EraseValue,
+    ) -> Result<Self> {
+        check_range("scale", scale, Some(0.0))?;
+        if scale.1 > 1.0 {
+            return Err(Error::InvalidParam {
+                name: "scale",
+                value: format!("{scale:?}"),
+                rule: "must be within [0, 1]",
+            });
+        }
+        check_range("ratio", ratio, None)?;
+        if ratio.0 <= 0.0 {
+            return Err(Error::InvalidParam {
+                name: "ratio",
+                value: format!("{ratio:?}"),
+                rule: "must be > 0",
+            });
+        }
+        if num_iterations == 0 {
+            return Err(Error::InvalidParam {
+                name: "num_iterations",
+                value: "0".into(),
+                rule: "must be >= 1",
+            });
+        }
+        if let EraseValue::Number(v) = value
+            && !v.is_finite()
+        {
+            return Err(Error::InvalidParam {
+                name: "value",
+                value: v.to_string(),
+                rule: "must be finite",
+            });
+        }
+        Ok(Self {
+            scale,
+            ratio,
+            num_iterations,
+            value,
+        })
+    }
+
+    /// One box `(start, size)` per spatial axis, or `None`.
+    fn sample_box(
+        &self,
+        dims: [usize; 3],
+        rng: &mut SampleRng,
+    ) -> Option<([usize; 3], [usize; 3])> {
+        let volume = (dims[0] * dims[1] * dims[2]) as f64;
+        let attempt = |rng: &mut SampleRng, ratio: (f64, f64)| {
+            let target = rng.range(self.scale.0, self.scale.1) * volume;
+            let mut a = [0.0; 3];
+            for x in &mut a {
+                *x = rng.range(ratio.0.ln(), ratio.1.ln()).exp();
+            }
+            let norm = (a[0] * a[1] * a[2]).cbrt();
+            let edge = target.cbrt();
+            let mut size = [0usize; 3];
+            for i in 0..3 {
+                size[i] = (edge * a[i] / norm).round() as usize;
+                if size[i] > dims[i] {
+                    return None;
+                }
+            }
+            let start = [0, 1, 2].map(|i| rng.int_inclusive(dims[i] - size[i]));
+            Some((start, size))
+        };
+        (0..10)
+            .find_map(|_| attempt(rng, self.ratio))
+            .or_else(|| attempt(rng, (1.0, 1.0)))
+    }
+}
+
+impl Transform for RandomErasing {
+    fn apply(&self, mut volume: Volume, rng: &mut SampleRng) -> Result<Volume> {
+        let dims = volume.spatial();
+        let [_, h, w] = dims;
+        for _ in 0..self.num_iterations {
+            let Some((start, size)) = self.sample_box(dims, rng) else {
+                continue;
+            };
+            let n = size.iter().product::<usize>();
+            if n == 0 {
+                continue;
+            }
+            let index = |z: usize, y: usize, x: usize| {
+                ((start[0] + z) * h + start[1] + y) * w + start[2] + x
+            };
+            for channel in volume.channels_mut() {
+                let fill = match self.value {
+                    EraseValue::Number(v) => Some(v),
+                    EraseValue::Mean => {
+                        let mut sum = 0.0f64;
+                        for z in 0..size[0] {
+                            for y in 0..size[1] {
+                                for x in 0..size[2] {
+                                    sum += channel[index(z, y, x)] as f64;
+                                }
+                            }
+                        }
+                        Some((sum / n as f64) as f32)
+                    }
+                    EraseValue::Random => None,
+                };
+                for z in 0..size[0] {
+                    for y in 0..size[1] {
+                        for x in 0..size[2] {
+                            channel[index(z, y, x)] = fill.unwrap_or_else(|| rng.normal() as f32);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(volume)
+    }
+}

@@ -1,0 +1,271 @@
+//! 3D augmentations of volumes `(C, D, H, W)`, each a pure function of the volume and a
+//! per-sample random generator seeded by `(seed, epoch, sample index, view)`, so a run is
+//! reproducible whatever the number of threads.
+//!
+//! Implemented so far: [`Compose`], [`RandomApply`], [`MultiViews`], [`RandomFlip`],
+//! [`RandomGaussianNoise`], [`RandomErasing`] (cutout), [`ZNormalization`], [`CropOrPad`].
+
+mod basic;
+mod erasing;
+
+use std::fmt;
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Tensor};
+
+pub use basic::{CropOrPad, RandomFlip, RandomGaussianNoise, VoxelMask, ZNormalization};
+pub use erasing::{EraseValue, RandomErasing};
+
+use crate::error::{Error, Result};
+
+/// A volume `(C, D, H, W)` of f32 voxels, row-major, on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Volume {
+    shape: [usize; 4],
+    data: Vec<f32>,
+}
+
+impl Volume {
+    /// A volume from its shape and voxels (the length must match the shape).
+    pub fn new(shape: [usize; 4], data: Vec<f32>) -> Result<Self> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(Error::Volume(format!(
+                "shape {shape:?} needs {n} voxels, got {}",
+                data.len()
+            )));
+        }
+        Ok(Self { shape, data })
+    }
+
+    /// A volume from a `(D, H, W)` (one channel) or `(C, D, H, W)` tensor of any float dtype.
+    pub fn from_tensor(t: &Tensor) -> Result<Self> {
+        let shape = match *t.dims() {
+            [d, h, w] => [1, d, h, w],
+            [c, d, h, w] => [c, d, h, w],
+            _ => {
+                return Err(Error::Volume(format!(
+                    "input data must be 3d or 4d (channel+spatial dimensions), got {:?}",
+                    t.dims()
+                )));
+            }
+        };
+        Self::new(
+            shape,
+            t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+        )
+    }
+
+    /// The volume as a `(C, D, H, W)` f32 tensor.
+    pub fn to_tensor(&self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_slice(&self.data, &self.shape, device)?)
+    }
+
+    /// `(C, D, H, W)`.
+    pub fn shape(&self) -> [usize; 4] {
+        self.shape
+    }
+
+    /// `(D, H, W)`.
+    pub fn spatial(&self) -> [usize; 3] {
+        [self.shape[1], self.shape[2], self.shape[3]]
+    }
+
+    /// The voxels, row-major.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    /// The voxels, mutable.
+    pub fn data_mut(&mut self) -> &mut [f32] {
+        &mut self.data
+    }
+
+    /// The voxels of each channel.
+    pub fn channels_mut(&mut self) -> std::slice::ChunksExactMut<'_, f32> {
+        let n = self.spatial().iter().product::<usize>().max(1);
+        self.data.chunks_exact_mut(n)
+    }
+
+    /// The voxels of each channel.
+    pub fn channels(&self) -> std::slice::ChunksExact<'_, f32> {
+        let n = self.spatial().iter().product::<usize>().max(1);
+        self.data.chunks_exact(n)
+    }
+}
+
+/// A counter-based generator: the stream of a sample depends only on `(seed, epoch, index,
+/// view)`, never on which thread draws it.
+#[derive(Debug, Clone)]
+pub struct SampleRng {
+    state: u64,
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl SampleRng {
+    /// The generator of view `view` of sample `index` at epoch `epoch` of a run seeded `seed`.
+    pub fn new(seed: u64, epoch: u64, index: u64, view: u64) -> Self {
+        let state = [epoch, index, view]
+            .iter()
+            .fold(splitmix(seed), |h, &x| splitmix(h ^ splitmix(x)));
+        Self { state }
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        splitmix(self.state.wrapping_sub(0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// Uniform in `[0, 1)`.
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    }
+
+    /// Uniform in `[low, high)`.
+    pub fn range(&mut self, low: f64, high: f64) -> f64 {
+        low + (high - low) * self.uniform()
+    }
+
+    /// Uniform integer in `[0, n]` (inclusive).
+    pub fn int_inclusive(&mut self, n: usize) -> usize {
+        ((self.uniform() * (n as f64 + 1.0)) as usize).min(n)
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    }
+}
+
+/// An augmentation of one volume.
+pub trait Transform: Send + Sync + fmt::Debug {
+    /// Transforms `volume`, drawing randomness from `rng`.
+    fn apply(&self, volume: Volume, rng: &mut SampleRng) -> Result<Volume>;
+}
+
+impl<T: Transform + ?Sized> Transform for Arc<T> {
+    fn apply(&self, volume: Volume, rng: &mut SampleRng) -> Result<Volume> {
+        (**self).apply(volume, rng)
+    }
+}
+
+impl<T: Transform + ?Sized> Transform for Box<T> {
+    fn apply(&self, volume: Volume, rng: &mut SampleRng) -> Result<Volume> {
+        (**self).apply(volume, rng)
+    }
+}
+
+/// Transforms applied in order.
+#[derive(Debug, Default)]
+pub struct Compose(pub Vec<Box<dyn Transform>>);
+
+impl Transform for Compose {
+    fn apply(&self, volume: Volume, rng: &mut SampleRng) -> Result<Volume> {
+        self.0.iter().try_fold(volume, |v, t| t.apply(v, rng))
+    }
+}
+
+pub(crate) fn check_probability(name: &'static str, p: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&p) {
+        Ok(())
+    } else {
+        Err(Error::InvalidParam {
+            name,
+            value: p.to_string(),
+            rule: "must be a number in [0, 1]",
+        })
+    }
+}
+
+pub(crate) fn check_range(
+    name: &'static str,
+    (lo, hi): (f64, f64),
+    min: Option<f64>,
+) -> Result<()> {
+    let ok = lo.is_finite() && hi.is_finite() && lo <= hi && min.is_none_or(|m| lo >= m);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidParam {
+            name,
+            value: format!("({lo}, {hi})"),
+            rule: "must be finite bounds (low, high) with low <= high (and within the allowed minimum)",
+        })
+    }
+}
+
+/// Applies a transform with probability `p` (the reference's `Transform(p=…)`). One uniform
+/// number is drawn whether or not it applies, so the streams of later transforms do not depend
+/// on this outcome.
+#[derive(Debug)]
+pub struct RandomApply<T> {
+    transform: T,
+    p: f64,
+}
+
+impl<T: Transform> RandomApply<T> {
+    /// `p` must be in `[0, 1]`.
+    pub fn new(transform: T, p: f64) -> Result<Self> {
+        check_probability("p", p)?;
+        Ok(Self { transform, p })
+    }
+}
+
+impl<T: Transform> Transform for RandomApply<T> {
+    fn apply(&self, volume: Volume, rng: &mut SampleRng) -> Result<Volume> {
+        if rng.uniform() < self.p {
+            self.transform.apply(volume, rng)
+        } else {
+            Ok(volume)
+        }
+    }
+}
+
+/// `n_views` independently augmented views of one sample (two by default): view `k` of sample
+/// `index` at `epoch` uses `SampleRng::new(seed, epoch, index, k)`.
+#[derive(Debug)]
+pub struct MultiViews<T> {
+    transform: T,
+    n_views: usize,
+}
+
+impl<T: Transform> MultiViews<T> {
+    /// Two views.
+    pub fn new(transform: T) -> Self {
+        Self {
+            transform,
+            n_views: 2,
+        }
+    }
+
+    /// `n_views ≥ 1` views.
+    pub fn with_views(transform: T, n_views: usize) -> Result<Self> {
+        if n_views == 0 {
+            return Err(Error::InvalidParam {
+                name: "n_views",
+                value: "0".into(),
+                rule: "must be >= 1",
+            });
+        }
+        Ok(Self { transform, n_views })
+    }
+
+    /// The views of `volume`, sample `index` of epoch `epoch` in a run seeded `seed`.
+    pub fn views(&self, volume: &Volume, seed: u64, epoch: u64, index: u64) -> Result<Vec<Volume>> {
+        (0..self.n_views as u64)
+            .map(|k| {
+                self.transform
+                    .apply(volume.clone(), &mut SampleRng::new(seed, epoch, index, k))
+            })
+            .collect()
+    }
+}

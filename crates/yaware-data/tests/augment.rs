@@ -1,0 +1,322 @@
+//! Augmentations: shapes kept, probability 0 is the identity and 1 changes the data, every
+//! error, statistics, and determinism whatever the number of threads.
+
+use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
+use yaware_data::Error;
+use yaware_data::augment::{
+    Compose, CropOrPad, EraseValue, MultiViews, RandomApply, RandomErasing, RandomFlip,
+    RandomGaussianNoise, SampleRng, Transform, Volume, ZNormalization,
+};
+
+/// A deterministic, non-constant volume.
+fn volume(shape: [usize; 4]) -> Volume {
+    let n: usize = shape.iter().product();
+    Volume::new(
+        shape,
+        (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 3.0)
+            .collect(),
+    )
+    .unwrap()
+}
+
+fn rng(i: u64) -> SampleRng {
+    SampleRng::new(42, 0, i, 0)
+}
+
+fn mean_std(x: &[f32]) -> (f64, f64) {
+    let n = x.len() as f64;
+    let m = x.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let v = x.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / n;
+    (m, v.sqrt())
+}
+
+fn transforms() -> Vec<(&'static str, Box<dyn Transform>)> {
+    vec![
+        (
+            "flip",
+            Box::new(RandomFlip::new(vec![0, 1, 2], 1.0).unwrap()),
+        ),
+        ("noise", Box::new(RandomGaussianNoise::default())),
+        ("erasing", Box::new(RandomErasing::default())),
+        ("znorm", Box::new(ZNormalization::default())),
+    ]
+}
+
+#[test]
+fn shape_is_kept_p0_is_identity_and_p1_changes_the_data() {
+    let v = volume([2, 9, 8, 7]);
+    for (name, t) in transforms() {
+        let out = t.apply(v.clone(), &mut rng(1)).unwrap();
+        assert_eq!(out.shape(), v.shape(), "{name}");
+        assert_ne!(out.data(), v.data(), "{name}: p = 1 must change the data");
+        let never = RandomApply::new(t, 0.0).unwrap();
+        assert_eq!(
+            never.apply(v.clone(), &mut rng(1)).unwrap(),
+            v,
+            "{name}: p = 0 is the identity"
+        );
+    }
+    let c = CropOrPad::new([5, 10, 7], 0.0)
+        .unwrap()
+        .apply(v.clone(), &mut rng(1))
+        .unwrap();
+    assert_eq!(c.shape(), [2, 5, 10, 7]);
+}
+
+#[test]
+fn probability_outside_zero_one_is_an_error() {
+    for p in [-1.0, 3.0, f64::NAN] {
+        let e = RandomApply::new(ZNormalization::default(), p).unwrap_err();
+        assert!(matches!(e, Error::InvalidParam { name: "p", .. }), "{p}");
+        assert!(matches!(
+            RandomFlip::new(vec![0], p),
+            Err(Error::InvalidParam {
+                name: "flip_probability",
+                ..
+            })
+        ));
+    }
+}
+
+#[test]
+fn transform_parameters_are_validated() {
+    assert!(matches!(
+        RandomFlip::new(vec![3], 1.0),
+        Err(Error::InvalidParam { name: "axes", .. })
+    ));
+    assert!(matches!(
+        RandomGaussianNoise::new((0.0, 0.0), (-0.1, 1.0)),
+        Err(Error::InvalidParam { name: "std", .. })
+    ));
+    assert!(matches!(
+        RandomGaussianNoise::new((1.0, 0.0), (0.1, 1.0)),
+        Err(Error::InvalidParam { name: "mean", .. })
+    ));
+    let e = |r: Result<RandomErasing, Error>| match r {
+        Err(Error::InvalidParam { name, .. }) => name,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        e(RandomErasing::new(
+            (0.5, 0.2),
+            (1.0, 3.0),
+            1,
+            EraseValue::Mean
+        )),
+        "scale"
+    );
+    assert_eq!(
+        e(RandomErasing::new(
+            (0.1, 1.5),
+            (1.0, 3.0),
+            1,
+            EraseValue::Mean
+        )),
+        "scale"
+    );
+    assert_eq!(
+        e(RandomErasing::new(
+            (0.1, 0.2),
+            (0.0, 3.0),
+            1,
+            EraseValue::Mean
+        )),
+        "ratio"
+    );
+    assert_eq!(
+        e(RandomErasing::new(
+            (0.1, 0.2),
+            (1.0, 3.0),
+            0,
+            EraseValue::Mean
+        )),
+        "num_iterations"
+    );
+    assert_eq!(
+        e(RandomErasing::new(
+            (0.1, 0.2),
+            (1.0, 3.0),
+            1,
+            EraseValue::Number(f32::NAN)
+        )),
+        "value"
+    );
+    assert!(matches!(
+        CropOrPad::new([0, 4, 4], 0.0),
+        Err(Error::InvalidParam {
+            name: "target_shape",
+            ..
+        })
+    ));
+    assert!(matches!(
+        MultiViews::with_views(ZNormalization::default(), 0),
+        Err(Error::InvalidParam {
+            name: "n_views",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn volumes_from_tensors() {
+    let t3 = Tensor::zeros((4, 5, 6), DType::F64, &Device::Cpu).unwrap();
+    assert_eq!(Volume::from_tensor(&t3).unwrap().shape(), [1, 4, 5, 6]);
+    let v = volume([2, 3, 4, 5]);
+    let back = Volume::from_tensor(&v.to_tensor(&Device::Cpu).unwrap()).unwrap();
+    assert_eq!(back, v);
+    let t2 = Tensor::zeros((4, 5), DType::F32, &Device::Cpu).unwrap();
+    assert!(matches!(Volume::from_tensor(&t2), Err(Error::Volume(_))));
+    assert!(matches!(
+        Volume::new([1, 2, 2, 2], vec![0.0; 7]),
+        Err(Error::Volume(_))
+    ));
+}
+
+#[test]
+fn flip_reverses_an_axis_and_twice_is_the_identity() {
+    let v = volume([1, 2, 3, 4]);
+    let flip_w = RandomFlip::new(vec![2], 1.0).unwrap();
+    let out = flip_w.apply(v.clone(), &mut rng(0)).unwrap();
+    for row in 0..6 {
+        let (a, b) = (
+            &v.data()[row * 4..row * 4 + 4],
+            &out.data()[row * 4..row * 4 + 4],
+        );
+        assert_eq!(a.iter().rev().copied().collect::<Vec<_>>(), b);
+    }
+    let flip_all = RandomFlip::new(vec![0, 1, 2], 1.0).unwrap();
+    let twice = flip_all
+        .apply(flip_all.apply(v.clone(), &mut rng(0)).unwrap(), &mut rng(0))
+        .unwrap();
+    assert_eq!(twice, v);
+}
+
+#[test]
+fn noise_has_the_requested_std() {
+    let v = Volume::new([1, 40, 40, 40], vec![1.0; 64_000]).unwrap();
+    let noise = RandomGaussianNoise::new((0.0, 0.0), (0.1, 0.1)).unwrap();
+    let out = noise.apply(v, &mut rng(3)).unwrap();
+    let (m, s) = mean_std(out.data());
+    assert!(
+        (m - 1.0).abs() < 0.005 && (s - 0.1).abs() < 0.003,
+        "mean {m}, std {s}"
+    );
+}
+
+#[test]
+fn erased_fraction_is_within_five_percent_of_the_scale() {
+    let ones = Volume::new([1, 96, 96, 96], vec![1.0; 96 * 96 * 96]).unwrap();
+    for scale in [0.05, 0.2, 0.33] {
+        let erase =
+            RandomErasing::new((scale, scale), (1.0, 1.0), 1, EraseValue::Number(0.0)).unwrap();
+        let out = erase.apply(ones.clone(), &mut rng(7)).unwrap();
+        let fraction =
+            out.data().iter().filter(|&&x| x == 0.0).count() as f64 / out.data().len() as f64;
+        assert!(
+            (fraction / scale - 1.0).abs() <= 0.05,
+            "scale {scale}: erased {fraction}"
+        );
+    }
+}
+
+#[test]
+fn erasing_with_the_mean_keeps_the_global_mean() {
+    let v = volume([2, 20, 20, 20]);
+    let erase = RandomErasing::new((0.1, 0.3), (1.0, 3.0), 2, EraseValue::Mean).unwrap();
+    let out = erase.apply(v.clone(), &mut rng(9)).unwrap();
+    assert_ne!(out, v);
+    let (m0, _) = mean_std(v.data());
+    let (m1, _) = mean_std(out.data());
+    assert!((m0 - m1).abs() < 1e-5, "{m0} vs {m1}");
+    let random = RandomErasing::new((0.1, 0.3), (1.0, 3.0), 1, EraseValue::Random).unwrap();
+    assert_ne!(random.apply(v.clone(), &mut rng(9)).unwrap(), v);
+}
+
+#[test]
+fn z_normalisation_gives_mean_zero_std_one_per_channel_and_honours_a_mask() {
+    let v = volume([3, 10, 11, 12]);
+    let out = ZNormalization::default().apply(v, &mut rng(0)).unwrap();
+    for channel in out.channels() {
+        let (m, s) = mean_std(channel);
+        assert!(m.abs() < 1e-3 && (s - 1.0).abs() < 1e-3, "{m} {s}");
+    }
+    let masked = ZNormalization::with_mask(std::sync::Arc::new(|x| x > 0.0));
+    let v = volume([1, 10, 11, 12]);
+    let inside: Vec<bool> = v.data().iter().map(|&x| x > 0.0).collect();
+    let out = masked.apply(v, &mut rng(0)).unwrap();
+    let sel: Vec<f32> = out
+        .data()
+        .iter()
+        .zip(&inside)
+        .filter(|(_, m)| **m)
+        .map(|(x, _)| *x)
+        .collect();
+    let (m, s) = mean_std(&sel);
+    assert!(m.abs() < 1e-3 && (s - 1.0).abs() < 1e-3, "{m} {s}");
+    let none = ZNormalization::with_mask(std::sync::Arc::new(|_| false));
+    assert!(matches!(
+        none.apply(volume([1, 2, 2, 2]), &mut rng(0)),
+        Err(Error::Volume(_))
+    ));
+}
+
+#[test]
+fn crop_or_pad_centres() {
+    let v = Volume::new([1, 1, 1, 3], vec![1.0, 2.0, 3.0]).unwrap();
+    let pad = CropOrPad::new([1, 1, 6], -1.0)
+        .unwrap()
+        .apply(v.clone(), &mut rng(0))
+        .unwrap();
+    assert_eq!(pad.data(), [-1.0, 1.0, 2.0, 3.0, -1.0, -1.0]);
+    let crop = CropOrPad::new([1, 1, 1], 0.0)
+        .unwrap()
+        .apply(v, &mut rng(0))
+        .unwrap();
+    assert_eq!(crop.data(), [2.0]);
+    let big = volume([2, 6, 7, 8]);
+    let round_trip = CropOrPad::new([6, 7, 8], 0.0)
+        .unwrap()
+        .apply(
+            CropOrPad::new([9, 10, 11], 0.0)
+                .unwrap()
+                .apply(big.clone(), &mut rng(0))
+                .unwrap(),
+            &mut rng(0),
+        )
+        .unwrap();
+    assert_eq!(round_trip, big);
+}
+
+#[test]
+fn views_are_reproducible_whatever_the_thread_count() {
+    let recipe = || {
+        MultiViews::new(Compose(vec![
+            Box::new(ZNormalization::default()),
+            Box::new(RandomApply::new(RandomFlip::new(vec![0, 1, 2], 0.5).unwrap(), 0.5).unwrap()),
+            Box::new(RandomApply::new(RandomGaussianNoise::default(), 0.5).unwrap()),
+            Box::new(RandomApply::new(RandomErasing::default(), 0.5).unwrap()),
+        ]))
+    };
+    let v = volume([1, 12, 12, 12]);
+    let run = |threads: usize| {
+        let views = recipe();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            (0..16u64)
+                .into_par_iter()
+                .map(|i| views.views(&v, 7, 3, i).unwrap())
+                .collect::<Vec<_>>()
+        })
+    };
+    let (one, two) = (run(1), run(2));
+    assert_eq!(one, two);
+    assert_ne!(one[0][0], one[0][1], "the two views differ");
+    assert_ne!(one[0], one[1], "samples differ");
+    let other_epoch = recipe().views(&v, 7, 4, 0).unwrap();
+    assert_ne!(other_epoch, one[0], "epochs differ");
+}
