@@ -7,5 +7,10 @@ use criterion::{criterion_group, criterion_main};
 
 mod groups;
 
-criterion_group!(benches, groups::losses::bench, groups::optim::bench);
+criterion_group!(
+    benches,
+    groups::losses::bench,
+    groups::optim::bench,
+    groups::data::bench
+);
 criterion_main!(benches);

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 use super::{SampleRng, Transform, Volume, check_probability, check_range};
 use crate::error::{Error, Result};
 
@@ -94,12 +96,29 @@ impl Transform for RandomGaussianNoise {
     fn apply(&self, mut volume: Volume, rng: &mut SampleRng) -> Result<Volume> {
         let mu = rng.range(self.mean.0, self.mean.1);
         let sigma = rng.range(self.std.0, self.std.1);
-        for x in volume.data_mut() {
-            *x += (mu + sigma * rng.normal()) as f32;
-        }
+        // Chunks draw from their own streams, derived from one number of the sample's stream:
+        // parallel, and the same whatever the number of threads.
+        let base = rng.next_u64();
+        volume
+            .data_mut()
+            .par_chunks_mut(NOISE_CHUNK)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                let mut r = SampleRng::new(base, i as u64, 0, 0);
+                for pair in chunk.chunks_mut(2) {
+                    let (z0, z1) = r.normal_pair();
+                    pair[0] += (mu + sigma * z0) as f32;
+                    if let Some(x) = pair.get_mut(1) {
+                        *x += (mu + sigma * z1) as f32;
+                    }
+                }
+            });
         Ok(volume)
     }
 }
+
+/// Voxels per independently seeded noise stream.
+const NOISE_CHUNK: usize = 1 << 16;
 
 /// A voxel predicate selecting the voxels z-normalisation takes its statistics from (e.g.
 /// `|x| x > 0.0` for a brain mask).
@@ -225,13 +244,14 @@ impl Transform for CropOrPad {
                     if sy < 0 || sy >= h as isize {
                         continue;
                     }
-                    for x in 0..ow {
-                        let sx = x as isize + fw;
-                        if sx >= 0 && sx < w as isize {
-                            dst[(z * oh + y) * ow + x] =
-                                src[((sz as usize) * h + sy as usize) * w + sx as usize];
-                        }
-                    }
+                    // The run [x0, x1) of the output row that lies inside the input.
+                    let x0 = (-fw).max(0) as usize;
+                    let x1 = (w as isize - fw).min(ow as isize).max(x0 as isize) as usize;
+                    let out_row = (z * oh + y) * ow;
+                    let in_row = (sz as usize * h + sy as usize) * w;
+                    let sx0 = (x0 as isize + fw) as usize;
+                    dst[out_row + x0..out_row + x1]
+                        .copy_from_slice(&src[in_row + sx0..in_row + sx0 + (x1 - x0)]);
                 }
             }
         }

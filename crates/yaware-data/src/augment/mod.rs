@@ -138,6 +138,15 @@ impl SampleRng {
         ((self.uniform() * (n as f64 + 1.0)) as usize).min(n)
     }
 
+    /// Two independent standard normals (both outputs of Box–Muller).
+    pub fn normal_pair(&mut self) -> (f64, f64) {
+        let u1 = 1.0 - self.uniform();
+        let u2 = self.uniform();
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (s, c) = (2.0 * std::f64::consts::PI * u2).sin_cos();
+        (r * c, r * s)
+    }
+
     /// Standard normal (Box–Muller).
     pub fn normal(&mut self) -> f64 {
         let u1 = 1.0 - self.uniform();

@@ -1,0 +1,54 @@
+//! Group `data`: each implemented augmentation on one 1 × 121 × 145 × 121 volume (the OpenBHB
+//! VBM shape). Throughput is in voxels per second.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use yaware_data::augment::{
+    CropOrPad, EraseValue, RandomErasing, RandomFlip, RandomGaussianNoise, SampleRng, Transform,
+    Volume, ZNormalization,
+};
+
+use super::normal_vec;
+
+const SHAPE: [usize; 4] = [1, 121, 145, 121];
+
+/// Registers the group.
+pub(crate) fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("data");
+    let n: usize = SHAPE.iter().product();
+    let volume = Volume::new(SHAPE, normal_vec(11, n)).unwrap();
+    let transforms: Vec<(&str, Box<dyn Transform>)> = vec![
+        (
+            "flip_3_axes",
+            Box::new(RandomFlip::new(vec![0, 1, 2], 1.0).unwrap()),
+        ),
+        ("gaussian_noise", Box::new(RandomGaussianNoise::default())),
+        (
+            "erasing_mean",
+            Box::new(RandomErasing::new((0.02, 0.33), (1.0, 3.0), 1, EraseValue::Mean).unwrap()),
+        ),
+        ("z_normalization", Box::new(ZNormalization::default())),
+        (
+            "crop_or_pad_128",
+            Box::new(CropOrPad::new([128, 128, 128], 0.0).unwrap()),
+        ),
+    ];
+    group.throughput(Throughput::Elements(n as u64));
+    for (name, t) in transforms {
+        let mut i = 0u64;
+        group.bench_function(BenchmarkId::new(name, "1x121x145x121"), |b| {
+            b.iter(|| {
+                i += 1;
+                black_box(
+                    t.apply(volume.clone(), &mut SampleRng::new(0, 0, i, 0))
+                        .unwrap(),
+                )
+            })
+        });
+    }
+    group.bench_function(BenchmarkId::new("clone_only", "1x121x145x121"), |b| {
+        b.iter(|| black_box(volume.clone()))
+    });
+    group.finish();
+}
