@@ -40,16 +40,17 @@ fn flip_axis(v: &mut Volume, axis: usize) {
     // Strides of the spatial axes within a channel.
     let strides = [h * w, w, 1];
     let (n, stride) = (dims[axis], strides[axis]);
-    let outer: usize = dims[..axis].iter().product();
     let block = n * stride;
     for channel in v.channels_mut() {
-        for o in 0..outer {
-            let base = o * block;
+        for slab in channel.chunks_exact_mut(block) {
+            if stride == 1 {
+                slab.reverse();
+                continue;
+            }
+            // Swap whole rows / planes, first with last.
             for i in 0..n / 2 {
-                let (a, b) = (base + i * stride, base + (n - 1 - i) * stride);
-                for k in 0..stride {
-                    channel.swap(a + k, b + k);
-                }
+                let (lo, hi) = slab.split_at_mut((n - 1 - i) * stride);
+                lo[i * stride..(i + 1) * stride].swap_with_slice(&mut hi[..stride]);
             }
         }
     }
