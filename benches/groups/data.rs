@@ -5,8 +5,9 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use yaware_data::augment::{
-    CropOrPad, EraseValue, RandomErasing, RandomFlip, RandomGaussianNoise, SampleRng, Transform,
-    Volume, ZNormalization,
+    CropOrPad, EraseValue, KeepShape, RandomErasing, RandomFlip, RandomGaussianBlur,
+    RandomGaussianNoise, RandomRotation, RobustRescaling, SampleRng, Transform, Volume,
+    ZNormalization,
 };
 
 use super::normal_vec;

@@ -5,8 +5,9 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use yaware_data::Error;
 use yaware_data::augment::{
-    Compose, CropOrPad, EraseValue, MultiViews, RandomApply, RandomErasing, RandomFlip,
-    RandomGaussianNoise, SampleRng, Transform, Volume, ZNormalization,
+    Compose, CropOrPad, EraseValue, KeepShape, MultiViews, RandomApply, RandomErasing, RandomFlip,
+    RandomGaussianBlur, RandomGaussianNoise, RandomRotation, RobustRescaling, SampleRng, Transform,
+    Volume, ZNormalization,
 };
 
 /// A deterministic, non-constant volume.
@@ -41,6 +42,15 @@ fn transforms() -> Vec<(&'static str, Box<dyn Transform>)> {
         ("noise", Box::new(RandomGaussianNoise::default())),
         ("erasing", Box::new(RandomErasing::default())),
         ("znorm", Box::new(ZNormalization::default())),
+        (
+            "blur",
+            Box::new(RandomGaussianBlur::new(&[0.5, 1.5]).unwrap()),
+        ),
+        (
+            "rotation",
+            Box::new(RandomRotation::new(vec![(0, 1), (1, 2)], 1.0, KeepShape::CropOrPad).unwrap()),
+        ),
+        ("rescaling", Box::new(RobustRescaling::default())),
     ]
 }
 
@@ -319,4 +329,90 @@ fn views_are_reproducible_whatever_the_thread_count() {
     assert_ne!(one[0], one[1], "samples differ");
     let other_epoch = recipe().views(&v, 7, 4, 0).unwrap();
     assert_ne!(other_epoch, one[0], "epochs differ");
+}
+
+#[test]
+fn blur_keeps_constants_and_validates_sigma() {
+    let c = Volume::new([1, 6, 7, 8], vec![2.5; 336]).unwrap();
+    let out = RandomGaussianBlur::default()
+        .apply(c.clone(), &mut rng(2))
+        .unwrap();
+    assert!(out.data().iter().all(|&x| (x - 2.5).abs() < 1e-5));
+    for bad in [&[1.0][..], &[1.0, 2.0, 3.0], &[-1.0, 1.0], &[2.0, 1.0]] {
+        assert!(
+            matches!(
+                RandomGaussianBlur::new(bad),
+                Err(Error::InvalidParam { name: "sigma", .. })
+            ),
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn rotations_keep_the_shape_of_non_cubic_volumes() {
+    let v = volume([1, 6, 9, 7]);
+    for keep in [KeepShape::CropOrPad, KeepShape::EqualSidesOnly] {
+        let rot = RandomRotation::new(vec![(0, 1), (1, 2), (0, 2)], 1.0, keep).unwrap();
+        for i in 0..8 {
+            assert_eq!(
+                rot.apply(v.clone(), &mut rng(i)).unwrap().shape(),
+                v.shape(),
+                "{keep:?}"
+            );
+        }
+    }
+    // Only half turns on unequal sides: the voxels are a permutation of the input's.
+    let rot = RandomRotation::new(vec![(0, 1)], 1.0, KeepShape::EqualSidesOnly).unwrap();
+    let mut a = rot.apply(v.clone(), &mut rng(1)).unwrap().data().to_vec();
+    let mut b = v.data().to_vec();
+    a.sort_by(f32::total_cmp);
+    b.sort_by(f32::total_cmp);
+    assert_eq!(a, b);
+    assert!(matches!(
+        RandomRotation::new(vec![(1, 1)], 1.0, KeepShape::default()),
+        Err(Error::InvalidParam { name: "axes", .. })
+    ));
+    assert!(matches!(
+        RandomRotation::new(vec![(0, 3)], 1.0, KeepShape::default()),
+        Err(Error::InvalidParam { name: "axes", .. })
+    ));
+}
+
+#[test]
+fn robust_rescaling_maps_each_channel_to_the_range() {
+    let mut v = volume([2, 8, 8, 8]);
+    let half = v.data().len() / 2;
+    v.data_mut()[half..]
+        .iter_mut()
+        .for_each(|x| *x = *x * 100.0 + 5000.0);
+    let out = RobustRescaling::default().apply(v, &mut rng(0)).unwrap();
+    for channel in out.channels() {
+        let (lo, hi) = channel
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+        assert!(
+            lo.abs() < 1e-6 && (hi - 1.0).abs() < 1e-6,
+            "each channel spans [0, 1]: {lo} {hi}"
+        );
+    }
+    let constant = Volume::new([1, 2, 2, 2], vec![3.0; 8]).unwrap();
+    let out = RobustRescaling::default()
+        .apply(constant, &mut rng(0))
+        .unwrap();
+    assert!(out.data().iter().all(|&x| x == 0.0));
+    assert!(matches!(
+        RobustRescaling::new((0.0, 1.0), (1.0, 101.0)),
+        Err(Error::InvalidParam {
+            name: "percentiles",
+            ..
+        })
+    ));
+    assert!(matches!(
+        RobustRescaling::new((1.0, 0.0), (1.0, 99.0)),
+        Err(Error::InvalidParam {
+            name: "out_min_max",
+            ..
+        })
+    ));
 }

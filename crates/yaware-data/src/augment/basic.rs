@@ -34,7 +34,8 @@ impl RandomFlip {
     }
 }
 
-fn flip_axis(v: &mut Volume, axis: usize) {
+/// Reverses spatial axis `axis` (0 = D, 1 = H, 2 = W) in place.
+pub(super) fn flip_axis(v: &mut Volume, axis: usize) {
     let [_, d, h, w] = v.shape();
     let dims = [d, h, w];
     // Strides of the spatial axes within a channel.

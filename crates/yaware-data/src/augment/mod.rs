@@ -3,10 +3,13 @@
 //! reproducible whatever the number of threads.
 //!
 //! Implemented so far: [`Compose`], [`RandomApply`], [`MultiViews`], [`RandomFlip`],
-//! [`RandomGaussianNoise`], [`RandomErasing`] (cutout), [`ZNormalization`], [`CropOrPad`].
+//! [`RandomGaussianNoise`], [`RandomGaussianBlur`], [`RandomErasing`] (cutout),
+//! [`RandomRotation`], [`ZNormalization`], [`RobustRescaling`], [`CropOrPad`]. Not yet:
+//! RandomResizedCrop, Resize and the paper's presets.
 
 mod basic;
 mod erasing;
+mod spatial;
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,6 +18,7 @@ use candle_core::{DType, Device, Tensor};
 
 pub use basic::{CropOrPad, RandomFlip, RandomGaussianNoise, VoxelMask, ZNormalization};
 pub use erasing::{EraseValue, RandomErasing};
+pub use spatial::{KeepShape, RandomGaussianBlur, RandomRotation, RobustRescaling};
 
 use crate::error::{Error, Result};
 

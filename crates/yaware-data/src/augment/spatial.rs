@@ -1,0 +1,340 @@
+//! Gaussian blur, 90° rotations and robust intensity rescaling.
+
+use rayon::prelude::*;
+
+use super::basic::{CropOrPad, flip_axis};
+use super::{SampleRng, Transform, Volume, check_probability, check_range};
+use crate::error::{Error, Result};
+
+/// Blurs with a Gaussian of `σ_i ~ U(low_i, high_i)` per spatial axis, drawn per call (the
+/// reference's `RandomGaussianBlur`, default σ in (0, 2)), as scipy's `gaussian_filter`:
+/// separable, `reflect` boundaries (`d c b a | a b c d | d c b a`), kernel truncated at 4σ.
+#[derive(Debug, Clone)]
+pub struct RandomGaussianBlur {
+    sigma: [(f64, f64); 3],
+}
+
+impl RandomGaussianBlur {
+    /// `sigma` as 2 values (one range for every axis) or 6 (a range per axis), all ≥ 0.
+    pub fn new(sigma: &[f64]) -> Result<Self> {
+        let ranges = match *sigma {
+            [lo, hi] => [(lo, hi); 3],
+            [a, b, c, d, e, f] => [(a, b), (c, d), (e, f)],
+            _ => {
+                return Err(Error::InvalidParam {
+                    name: "sigma",
+                    value: format!("{sigma:?}"),
+                    rule: "must have 2 or 6 values",
+                });
+            }
+        };
+        for r in ranges {
+            check_range("sigma", r, Some(0.0))?;
+        }
+        Ok(Self { sigma: ranges })
+    }
+}
+
+impl Default for RandomGaussianBlur {
+    fn default() -> Self {
+        Self {
+            sigma: [(0.0, 2.0); 3],
+        }
+    }
+}
+
+/// scipy's 1-D Gaussian weights: radius `round(4σ)`, normalised.
+fn gaussian_weights(sigma: f64) -> Vec<f64> {
+    let radius = (4.0 * sigma + 0.5) as usize;
+    let w: Vec<f64> = (0..=2 * radius)
+        .map(|i| {
+            let x = i as f64 - radius as f64;
+            (-0.5 * x * x / (sigma * sigma)).exp()
+        })
+        .collect();
+    let sum: f64 = w.iter().sum();
+    w.into_iter().map(|v| v / sum).collect()
+}
+
+/// Index `i` (possibly outside `[0, n)`) mapped by `reflect` (half-sample symmetric).
+fn reflect(i: isize, n: usize) -> usize {
+    let n = n as isize;
+    let period = 2 * n;
+    let m = i.rem_euclid(period);
+    (if m < n { m } else { period - 1 - m }) as usize
+}
+
+/// Convolves every line along `axis` of every channel with `weights` (odd length).
+fn convolve_axis(v: &mut Volume, axis: usize, weights: &[f64]) {
+    let [_, d, h, w] = v.shape();
+    let dims = [d, h, w];
+    let strides = [h * w, w, 1];
+    let (n, stride) = (dims[axis], strides[axis]);
+    let radius = (weights.len() / 2) as isize;
+    let block = n * stride;
+    for channel in v.channels_mut() {
+        channel.par_chunks_mut(block).for_each(|slab| {
+            let mut line = vec![0.0f64; n];
+            for offset in 0..stride {
+                for (i, l) in line.iter_mut().enumerate() {
+                    *l = slab[i * stride + offset] as f64;
+                }
+                for i in 0..n {
+                    let acc: f64 = weights
+                        .iter()
+                        .enumerate()
+                        .map(|(k, wk)| wk * line[reflect(i as isize + k as isize - radius, n)])
+                        .sum();
+                    slab[i * stride + offset] = acc as f32;
+                }
+            }
+        });
+    }
+}
+
+impl Transform for RandomGaussianBlur {
+    fn apply(&self, mut volume: Volume, rng: &mut SampleRng) -> Result<Volume> {
+        let sigmas = self.sigma.map(|(lo, hi)| rng.range(lo, hi));
+        for (axis, sigma) in sigmas.into_iter().enumerate() {
+            if sigma > 0.0 {
+                convolve_axis(&mut volume, axis, &gaussian_weights(sigma));
+            }
+        }
+        Ok(volume)
+    }
+}
+
+/// What [`RandomRotation`] does on a pair of axes of different sizes, where a quarter turn
+/// would change the volume's shape (the reference lets it, and batching then breaks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeepShape {
+    /// Rotate, then centre crop-or-pad back to the input shape (zero padding).
+    #[default]
+    CropOrPad,
+    /// Only half turns on such a pair (quarter turns still on pairs of equal sizes).
+    EqualSidesOnly,
+}
+
+/// For each axis pair, with probability `rotation_probability`, rotates by `k·90°`, `k` drawn in
+/// {1, 2, 3}, like numpy's `rot90(k, axes)`; the volume keeps its shape (see [`KeepShape`]).
+#[derive(Debug, Clone)]
+pub struct RandomRotation {
+    axes: Vec<(usize, usize)>,
+    rotation_probability: f64,
+    keep_shape: KeepShape,
+}
+
+impl RandomRotation {
+    /// Pairs of distinct spatial axes in {0, 1, 2}.
+    pub fn new(
+        axes: Vec<(usize, usize)>,
+        rotation_probability: f64,
+        keep_shape: KeepShape,
+    ) -> Result<Self> {
+        if let Some(&(a, b)) = axes.iter().find(|&&(a, b)| a > 2 || b > 2 || a == b) {
+            return Err(Error::InvalidParam {
+                name: "axes",
+                value: format!("({a}, {b})"),
+                rule: "pairs of two different spatial axes in {0, 1, 2}",
+            });
+        }
+        check_probability("rotation_probability", rotation_probability)?;
+        Ok(Self {
+            axes,
+            rotation_probability,
+            keep_shape,
+        })
+    }
+}
+
+/// Swaps spatial axes `a` and `b` (a transpose).
+fn swap_axes(v: &Volume, a: usize, b: usize) -> Volume {
+    let [c, d, h, w] = v.shape();
+    let mut dims = [d, h, w];
+    dims.swap(a, b);
+    let in_strides = [h * w, w, 1];
+    let mut src_strides = in_strides;
+    src_strides.swap(a, b);
+    let n = d * h * w;
+    let mut data = vec![0.0f32; c * n];
+    for (src, dst) in v.channels().zip(data.chunks_exact_mut(n)) {
+        let mut k = 0;
+        for i in 0..dims[0] {
+            for j in 0..dims[1] {
+                let base = i * src_strides[0] + j * src_strides[1];
+                for l in 0..dims[2] {
+                    dst[k] = src[base + l * src_strides[2]];
+                    k += 1;
+                }
+            }
+        }
+    }
+    Volume::new([c, dims[0], dims[1], dims[2]], data).expect("a transpose keeps the voxel count")
+}
+
+/// numpy's `rot90(v, k, axes=(a, b))` on spatial axes.
+fn rot90(v: Volume, k: u32, a: usize, b: usize) -> Volume {
+    match k % 4 {
+        1 => {
+            let mut v = v;
+            flip_axis(&mut v, b);
+            swap_axes(&v, a, b)
+        }
+        2 => {
+            let mut v = v;
+            flip_axis(&mut v, a);
+            flip_axis(&mut v, b);
+            v
+        }
+        3 => {
+            let mut t = swap_axes(&v, a, b);
+            flip_axis(&mut t, b);
+            t
+        }
+        _ => v,
+    }
+}
+
+impl Transform for RandomRotation {
+    fn apply(&self, mut volume: Volume, rng: &mut SampleRng) -> Result<Volume> {
+        let shape = volume.spatial();
+        for &(a, b) in &self.axes {
+            if rng.uniform() >= self.rotation_probability {
+                continue;
+            }
+            let equal = volume.spatial()[a] == volume.spatial()[b];
+            let k = if equal || self.keep_shape == KeepShape::CropOrPad {
+                1 + rng.int_inclusive(2) as u32
+            } else {
+                2
+            };
+            volume = rot90(volume, k, a, b);
+        }
+        if volume.spatial() != shape {
+            volume = CropOrPad::new(shape, 0.0)?.apply(volume, rng)?;
+        }
+        Ok(volume)
+    }
+}
+
+/// Per channel: clip to the `percentiles` (numpy's linear interpolation), then rescale
+/// linearly to `out_min_max`; a constant channel maps to the lower bound (the reference's
+/// `RobustRescaling`, defaults (0, 1) and (1, 99); it rescales multi-channel input with global
+/// extremes, we rescale each channel on its own).
+#[derive(Debug, Clone)]
+pub struct RobustRescaling {
+    out_min_max: (f64, f64),
+    percentiles: (f64, f64),
+}
+
+impl Default for RobustRescaling {
+    fn default() -> Self {
+        Self {
+            out_min_max: (0.0, 1.0),
+            percentiles: (1.0, 99.0),
+        }
+    }
+}
+
+impl RobustRescaling {
+    /// `out_min_max` with low ≤ high, `percentiles` within [0, 100].
+    pub fn new(out_min_max: (f64, f64), percentiles: (f64, f64)) -> Result<Self> {
+        check_range("out_min_max", out_min_max, None)?;
+        check_range("percentiles", percentiles, Some(0.0))?;
+        if percentiles.1 > 100.0 {
+            return Err(Error::InvalidParam {
+                name: "percentiles",
+                value: format!("{percentiles:?}"),
+                rule: "must be within [0, 100]",
+            });
+        }
+        Ok(Self {
+            out_min_max,
+            percentiles,
+        })
+    }
+}
+
+/// numpy's `percentile(x, p)` (linear interpolation) of `sorted`.
+fn percentile(sorted: &[f32], p: f64) -> f64 {
+    let rank = p / 100.0 * (sorted.len() - 1) as f64;
+    let (lo, frac) = (rank.floor() as usize, rank - rank.floor());
+    let hi = (lo + 1).min(sorted.len() - 1);
+    sorted[lo] as f64 + frac * (sorted[hi] as f64 - sorted[lo] as f64)
+}
+
+impl Transform for RobustRescaling {
+    fn apply(&self, mut volume: Volume, _rng: &mut SampleRng) -> Result<Volume> {
+        let (out_lo, out_hi) = self.out_min_max;
+        for channel in volume.channels_mut() {
+            let mut sorted = channel.to_vec();
+            sorted.par_sort_unstable_by(f32::total_cmp);
+            let (lo, hi) = (
+                percentile(&sorted, self.percentiles.0),
+                percentile(&sorted, self.percentiles.1),
+            );
+            for x in channel.iter_mut() {
+                let clipped = (*x as f64).clamp(lo, hi);
+                *x = if hi > lo {
+                    (out_lo + (clipped - lo) / (hi - lo) * (out_hi - out_lo)) as f32
+                } else {
+                    out_lo as f32
+                };
+            }
+        }
+        Ok(volume)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vol(shape: [usize; 4]) -> Volume {
+        let n: usize = shape.iter().product();
+        Volume::new(shape, (0..n).map(|i| i as f32).collect()).unwrap()
+    }
+
+    #[test]
+    fn rot90_follows_numpy() {
+        // np.rot90([[1, 2], [3, 4]]) == [[2, 4], [1, 3]] (numpy's documentation).
+        let v = Volume::new([1, 2, 2, 1], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(rot90(v.clone(), 1, 0, 1).data(), [2.0, 4.0, 1.0, 3.0]);
+        assert_eq!(rot90(v.clone(), 2, 0, 1).data(), [4.0, 3.0, 2.0, 1.0]);
+        assert_eq!(rot90(v, 3, 0, 1).data(), [3.0, 1.0, 4.0, 2.0]);
+    }
+
+    #[test]
+    fn quarter_turns_compose() {
+        for (a, b) in [(0, 1), (1, 2), (0, 2), (2, 0)] {
+            let v = vol([2, 3, 4, 5]);
+            let r = rot90(v.clone(), 1, a, b);
+            assert_eq!(rot90(r.clone(), 3, a, b), v, "k = 1 then 3 ({a}, {b})");
+            let four = (0..3).fold(r, |x, _| rot90(x, 1, a, b));
+            assert_eq!(four, v, "four quarter turns ({a}, {b})");
+        }
+    }
+
+    #[test]
+    fn reflect_is_half_sample_symmetric() {
+        let idx: Vec<usize> = (-4..8).map(|i| reflect(i, 4)).collect();
+        assert_eq!(idx, [3, 2, 1, 0, 0, 1, 2, 3, 3, 2, 1, 0]);
+    }
+
+    #[test]
+    fn gaussian_weights_follow_scipy() {
+        let w = gaussian_weights(1.0);
+        assert_eq!(w.len(), 9); // radius round(4σ) = 4
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-15);
+        // scipy.ndimage.gaussian_filter1d(impulse, 1.0, truncate=4.0) at the centre.
+        assert!((w[4] - 0.398_943_469_356_097_76).abs() < 1e-15);
+    }
+
+    #[test]
+    fn percentiles_interpolate_linearly() {
+        let sorted = [1.0f32, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(percentile(&sorted, 50.0), 3.0);
+        assert_eq!(percentile(&sorted, 10.0), 1.4);
+        assert_eq!(percentile(&sorted, 100.0), 5.0);
+    }
+}
