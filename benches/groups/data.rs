@@ -34,6 +34,15 @@ pub(crate) fn bench(c: &mut Criterion) {
             "crop_or_pad_128",
             Box::new(CropOrPad::new([128, 128, 128], 0.0).unwrap()),
         ),
+        (
+            "gaussian_blur_sigma1",
+            Box::new(RandomGaussianBlur::new(&[1.0, 1.0]).unwrap()),
+        ),
+        (
+            "rotation_axes01",
+            Box::new(RandomRotation::new(vec![(0, 1)], 1.0, KeepShape::CropOrPad).unwrap()),
+        ),
+        ("robust_rescaling", Box::new(RobustRescaling::default())),
     ];
     group.throughput(Throughput::Elements(n as u64));
     for (name, t) in transforms {
