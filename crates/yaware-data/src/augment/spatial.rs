@@ -74,16 +74,18 @@ fn convolve_axis(v: &mut Volume, axis: usize, weights: &[f64]) {
     let block = n * stride;
     for channel in v.channels_mut() {
         channel.par_chunks_mut(block).for_each(|slab| {
-            let mut line = vec![0.0f64; n];
+            // The line with `radius` reflected voxels on each side, so the taps need no test.
+            let r = radius as usize;
+            let mut padded = vec![0.0f64; n + 2 * r];
             for offset in 0..stride {
-                for (i, l) in line.iter_mut().enumerate() {
-                    *l = slab[i * stride + offset] as f64;
+                for (j, p) in padded.iter_mut().enumerate() {
+                    *p = slab[reflect(j as isize - radius, n) * stride + offset] as f64;
                 }
                 for i in 0..n {
                     let acc: f64 = weights
                         .iter()
-                        .enumerate()
-                        .map(|(k, wk)| wk * line[reflect(i as isize + k as isize - radius, n)])
+                        .zip(&padded[i..i + weights.len()])
+                        .map(|(w, x)| w * x)
                         .sum();
                     slab[i * stride + offset] = acc as f32;
                 }
@@ -255,24 +257,23 @@ impl RobustRescaling {
     }
 }
 
-/// numpy's `percentile(x, p)` (linear interpolation) of `sorted`.
-fn percentile(sorted: &[f32], p: f64) -> f64 {
-    let rank = p / 100.0 * (sorted.len() - 1) as f64;
+/// numpy's `percentile(x, p)` (linear interpolation); reorders `values`.
+fn percentile(values: &mut [f32], p: f64) -> f64 {
+    let rank = p / 100.0 * (values.len() - 1) as f64;
     let (lo, frac) = (rank.floor() as usize, rank - rank.floor());
-    let hi = (lo + 1).min(sorted.len() - 1);
-    sorted[lo] as f64 + frac * (sorted[hi] as f64 - sorted[lo] as f64)
+    let (_, &mut a, right) = values.select_nth_unstable_by(lo, f32::total_cmp);
+    // The next order statistic is the smallest of what lies above.
+    let b = right.iter().copied().min_by(f32::total_cmp).unwrap_or(a);
+    a as f64 + frac * (b as f64 - a as f64)
 }
 
 impl Transform for RobustRescaling {
     fn apply(&self, mut volume: Volume, _rng: &mut SampleRng) -> Result<Volume> {
         let (out_lo, out_hi) = self.out_min_max;
         for channel in volume.channels_mut() {
-            let mut sorted = channel.to_vec();
-            sorted.par_sort_unstable_by(f32::total_cmp);
-            let (lo, hi) = (
-                percentile(&sorted, self.percentiles.0),
-                percentile(&sorted, self.percentiles.1),
-            );
+            let mut scratch = channel.to_vec();
+            let lo = percentile(&mut scratch, self.percentiles.0);
+            let hi = percentile(&mut scratch, self.percentiles.1);
             for x in channel.iter_mut() {
                 let clipped = (*x as f64).clamp(lo, hi);
                 *x = if hi > lo {
@@ -332,9 +333,10 @@ mod tests {
 
     #[test]
     fn percentiles_interpolate_linearly() {
-        let sorted = [1.0f32, 2.0, 3.0, 4.0, 5.0];
-        assert_eq!(percentile(&sorted, 50.0), 3.0);
-        assert_eq!(percentile(&sorted, 10.0), 1.4);
-        assert_eq!(percentile(&sorted, 100.0), 5.0);
+        let mut values = [5.0f32, 1.0, 4.0, 2.0, 3.0];
+        assert_eq!(percentile(&mut values, 50.0), 3.0);
+        assert_eq!(percentile(&mut values, 10.0), 1.4);
+        assert_eq!(percentile(&mut values, 100.0), 5.0);
+        assert_eq!(percentile(&mut values, 0.0), 1.0);
     }
 }
