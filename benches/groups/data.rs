@@ -6,8 +6,8 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use yaware_data::augment::{
     CropOrPad, EraseValue, KeepShape, RandomErasing, RandomFlip, RandomGaussianBlur,
-    RandomGaussianNoise, RandomRotation, RobustRescaling, SampleRng, Transform, Volume,
-    ZNormalization,
+    RandomGaussianNoise, RandomResizedCrop, RandomRotation, RobustRescaling, SampleRng, Transform,
+    Volume, ZNormalization, paper_all_tf, paper_cutout,
 };
 
 use super::normal_vec;
@@ -43,6 +43,12 @@ pub(crate) fn bench(c: &mut Criterion) {
             Box::new(RandomRotation::new(vec![(0, 1)], 1.0, KeepShape::CropOrPad).unwrap()),
         ),
         ("robust_rescaling", Box::new(RobustRescaling::default())),
+        (
+            "random_resized_crop",
+            Box::new(RandomResizedCrop::new([121, 145, 121], (0.08, 1.0), (0.75, 1.33)).unwrap()),
+        ),
+        ("paper_all_tf", Box::new(paper_all_tf())),
+        ("paper_cutout", Box::new(paper_cutout())),
     ];
     group.throughput(Throughput::Elements(n as u64));
     for (name, t) in transforms {

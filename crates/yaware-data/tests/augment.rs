@@ -5,9 +5,10 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use yaware_data::Error;
 use yaware_data::augment::{
-    Compose, CropOrPad, EraseValue, KeepShape, MultiViews, RandomApply, RandomErasing, RandomFlip,
-    RandomGaussianBlur, RandomGaussianNoise, RandomRotation, RobustRescaling, SampleRng, Transform,
-    Volume, ZNormalization,
+    Compose, CropOrPad, EraseValue, KeepShape, MultiViews, PaperCrop, PaperCutout, PaperFlip,
+    RandomApply, RandomErasing, RandomFlip, RandomGaussianBlur, RandomGaussianNoise,
+    RandomResizedCrop, RandomRotation, Resize, RobustRescaling, SampleRng, Transform, Volume,
+    ZNormalization, paper_all_tf, paper_cutout,
 };
 
 /// A deterministic, non-constant volume.
@@ -51,6 +52,14 @@ fn transforms() -> Vec<(&'static str, Box<dyn Transform>)> {
             Box::new(RandomRotation::new(vec![(0, 1), (1, 2)], 1.0, KeepShape::CropOrPad).unwrap()),
         ),
         ("rescaling", Box::new(RobustRescaling::default())),
+        (
+            "paper_flip",
+            Box::new(RandomApply::new(PaperFlip, 1.0).unwrap()),
+        ),
+        ("paper_cutout", Box::new(PaperCutout)),
+        ("paper_crop", Box::new(PaperCrop)),
+        ("paper_all_tf", Box::new(paper_all_tf())),
+        ("paper_cutout_recipe", Box::new(paper_cutout())),
     ]
 }
 
@@ -415,4 +424,138 @@ fn robust_rescaling_maps_each_channel_to_the_range() {
             ..
         })
     ));
+}
+
+fn ramp(values: &[f32], axis: usize) -> Volume {
+    let mut shape = [1, 1, 1, 1];
+    shape[axis + 1] = values.len();
+    Volume::new(shape, values.to_vec()).unwrap()
+}
+
+#[test]
+fn resize_is_trilinear_with_align_corners_false() {
+    // PyTorch's interpolate(mode="linear", align_corners=False) on [0, 1, 2, 3] → 8 samples.
+    for axis in 0..3 {
+        let mut target = [1, 1, 1];
+        target[axis] = 8;
+        let up = Resize::new(target)
+            .unwrap()
+            .apply(ramp(&[0.0, 1.0, 2.0, 3.0], axis), &mut rng(0))
+            .unwrap();
+        assert_eq!(
+            up.data(),
+            [0.0, 0.25, 0.75, 1.25, 1.75, 2.25, 2.75, 3.0],
+            "axis {axis}"
+        );
+        target[axis] = 4;
+        let ramp8: Vec<f32> = (0..8).map(|i| i as f32).collect();
+        let down = Resize::new(target)
+            .unwrap()
+            .apply(ramp(&ramp8, axis), &mut rng(0))
+            .unwrap();
+        assert_eq!(down.data(), [0.5, 2.5, 4.5, 6.5], "axis {axis}");
+    }
+    let v = volume([2, 5, 6, 7]);
+    assert_eq!(
+        Resize::new([5, 6, 7])
+            .unwrap()
+            .apply(v.clone(), &mut rng(0))
+            .unwrap(),
+        v
+    );
+    let c = Volume::new([1, 4, 5, 6], vec![1.5; 120]).unwrap();
+    let r = Resize::new([7, 3, 9])
+        .unwrap()
+        .apply(c, &mut rng(0))
+        .unwrap();
+    assert_eq!(r.shape(), [1, 7, 3, 9]);
+    assert!(r.data().iter().all(|&x| x == 1.5));
+    assert!(matches!(
+        Resize::new([0, 1, 1]),
+        Err(Error::InvalidParam {
+            name: "target_shape",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn random_resized_crop_gives_the_target_shape() {
+    let v = volume([2, 20, 24, 22]);
+    let t = RandomResizedCrop::new([16, 16, 16], (0.08, 1.0), (0.75, 1.33)).unwrap();
+    for i in 0..5 {
+        assert_eq!(
+            t.apply(v.clone(), &mut rng(i)).unwrap().shape(),
+            [2, 16, 16, 16]
+        );
+    }
+    assert!(matches!(
+        RandomResizedCrop::new([4, 4, 4], (0.5, 1.5), (1.0, 1.0)),
+        Err(Error::InvalidParam { name: "scale", .. })
+    ));
+    assert!(matches!(
+        RandomResizedCrop::new([4, 4, 4], (0.5, 1.0), (-1.0, 1.0)),
+        Err(Error::InvalidParam { name: "ratio", .. })
+    ));
+    assert!(matches!(
+        RandomResizedCrop::new([4, 0, 4], (0.5, 1.0), (1.0, 1.0)),
+        Err(Error::InvalidParam {
+            name: "target_shape",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn paper_cutout_zeroes_a_quarter_box() {
+    let ones = Volume::new([1, 13, 17, 11], vec![1.0; 13 * 17 * 11]).unwrap();
+    let out = PaperCutout.apply(ones, &mut rng(4)).unwrap();
+    let zeros = out.data().iter().filter(|&&x| x == 0.0).count();
+    assert_eq!(zeros, 4 * 5 * 3, "ceil(size / 4) per axis");
+}
+
+#[test]
+fn paper_flip_reverses_one_of_the_four_axes() {
+    let v = volume([2, 3, 4, 5]);
+    let mut seen = std::collections::HashSet::new();
+    for i in 0..40 {
+        let out = PaperFlip.apply(v.clone(), &mut rng(i)).unwrap();
+        let which = (0..3)
+            .find(|&axis| {
+                RandomFlip::new(vec![axis], 1.0)
+                    .unwrap()
+                    .apply(v.clone(), &mut rng(0))
+                    .unwrap()
+                    == out
+            })
+            .map(|a| a + 1)
+            .unwrap_or_else(|| {
+                let n = v.data().len() / 2;
+                assert_eq!(
+                    out.data()[..n],
+                    v.data()[n..],
+                    "otherwise the channels are swapped"
+                );
+                0
+            });
+        seen.insert(which);
+    }
+    assert_eq!(seen.len(), 4, "all four axes are drawn");
+}
+
+#[test]
+fn paper_recipes_keep_the_shape_and_are_seeded() {
+    let v = volume([1, 16, 18, 14]);
+    let recipe = paper_all_tf();
+    let a = recipe.apply(v.clone(), &mut rng(5)).unwrap();
+    assert_eq!(a.shape(), v.shape());
+    assert_eq!(a, recipe.apply(v.clone(), &mut rng(5)).unwrap());
+    assert_ne!(a, recipe.apply(v.clone(), &mut rng(6)).unwrap());
+    assert_eq!(
+        paper_cutout()
+            .apply(v.clone(), &mut rng(1))
+            .unwrap()
+            .shape(),
+        v.shape()
+    );
 }

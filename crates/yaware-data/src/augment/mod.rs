@@ -4,11 +4,13 @@
 //!
 //! Implemented so far: [`Compose`], [`RandomApply`], [`MultiViews`], [`RandomFlip`],
 //! [`RandomGaussianNoise`], [`RandomGaussianBlur`], [`RandomErasing`] (cutout),
-//! [`RandomRotation`], [`ZNormalization`], [`RobustRescaling`], [`CropOrPad`]. Not yet:
-//! RandomResizedCrop, Resize and the paper's presets.
+//! [`RandomRotation`], [`RandomResizedCrop`], [`Resize`], [`ZNormalization`],
+//! [`RobustRescaling`], [`CropOrPad`], and the paper's presets [`paper_all_tf`] and
+//! [`paper_cutout`].
 
 mod basic;
 mod erasing;
+mod resize;
 mod spatial;
 
 use std::fmt;
@@ -18,6 +20,9 @@ use candle_core::{DType, Device, Tensor};
 
 pub use basic::{CropOrPad, RandomFlip, RandomGaussianNoise, VoxelMask, ZNormalization};
 pub use erasing::{EraseValue, RandomErasing};
+pub use resize::{
+    PaperCrop, PaperCutout, PaperFlip, RandomResizedCrop, Resize, paper_all_tf, paper_cutout,
+};
 pub use spatial::{KeepShape, RandomGaussianBlur, RandomRotation, RobustRescaling};
 
 use crate::error::{Error, Result};
