@@ -1,5 +1,6 @@
 //! Group `data`: each implemented augmentation on one 1 × 121 × 145 × 121 volume (the OpenBHB
-//! VBM shape). Throughput is in voxels per second.
+//! VBM shape), throughput in voxels per second; and the two-view loader's throughput in samples
+//! per second.
 
 use std::hint::black_box;
 
@@ -9,6 +10,8 @@ use yaware_data::augment::{
     RandomGaussianNoise, RandomResizedCrop, RandomRotation, RobustRescaling, SampleRng, Transform,
     Volume, ZNormalization, paper_all_tf, paper_cutout,
 };
+
+use yaware_data::{InMemoryDataset, LoaderConfig, TwoViewLoader};
 
 use super::normal_vec;
 
@@ -66,5 +69,33 @@ pub(crate) fn bench(c: &mut Criterion) {
     group.bench_function(BenchmarkId::new("clone_only", "1x121x145x121"), |b| {
         b.iter(|| black_box(volume.clone()))
     });
+
+    // Loader throughput: one epoch of 16 in-memory samples, two views each with the paper's
+    // recipe, batches of 8, prefetch 2. Throughput in two-view samples per second.
+    let samples = 16u64;
+    let volumes: Vec<Volume> = (0..samples)
+        .map(|i| Volume::new(SHAPE, normal_vec(100 + i, n)).unwrap())
+        .collect();
+    let targets = Some((0..samples).map(|i| vec![20.0 + i as f64]).collect());
+    let dataset = InMemoryDataset::new(volumes, targets).unwrap();
+    let config = LoaderConfig {
+        batch_size: 8,
+        ..Default::default()
+    };
+    let loader = TwoViewLoader::new(dataset, paper_all_tf(), config).unwrap();
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(samples));
+    let mut epoch = 0;
+    group.bench_function(
+        BenchmarkId::new("loader_paper_all_tf_epoch", "16x1x121x145x121_b8"),
+        |b| {
+            b.iter(|| {
+                epoch += 1;
+                for batch in loader.epoch(epoch) {
+                    black_box(batch.unwrap());
+                }
+            })
+        },
+    );
     group.finish();
 }

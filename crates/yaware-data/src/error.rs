@@ -51,6 +51,9 @@ pub enum Error {
     /// Volume data that does not fit its shape, or a tensor that is not a volume.
     #[error("invalid volume: {0}")]
     Volume(String),
+    /// A dataset that cannot give its samples (bad targets, index out of range, …).
+    #[error("dataset: {0}")]
+    Dataset(String),
     /// An error raised by candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -8,8 +8,10 @@
 //! **Status: partial.** [`TwoViewBatch`], the parser of the reference's batch shapes
 //! ([`parse_two_views_batch`] over [`BatchItem`]), the first augmentations ([`augment`]: flip,
 //! noise, erasing, z-normalisation, crop-or-pad, composition, random application, multiple
-//! views) and, behind the optional `candle-datasets` feature, batching with candle-datasets'
-//! `Batcher` exist so far; the other augmentations, datasets and the parallel loader come next.
+//! views, the paper's presets), an in-memory [`Dataset`] and the parallel, prefetching
+//! [`TwoViewLoader`], and, behind the optional `candle-datasets` feature, batching with
+//! candle-datasets' `Batcher` exist so far; file datasets (.npy / OpenBHB, NIfTI, tabular) come
+//! next.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -28,8 +30,10 @@ mod batch;
 #[cfg(feature = "candle-datasets")]
 pub mod batcher;
 mod error;
+mod loader;
 mod two_view;
 
 pub use batch::{BatchItem, BatchProblem, parse_two_views_batch};
 pub use error::{Error, Result};
+pub use loader::{Dataset, Epoch, InMemoryDataset, LoaderConfig, Sample, TwoViewLoader};
 pub use two_view::TwoViewBatch;
