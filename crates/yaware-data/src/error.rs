@@ -51,6 +51,14 @@ pub enum Error {
     /// Volume data that does not fit its shape, or a tensor that is not a volume.
     #[error("invalid volume: {0}")]
     Volume(String),
+    /// A file that cannot be used, named with what is wrong.
+    #[error("{}: {problem}", path.display())]
+    File {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong (unreadable, truncated, wrong dimensionality, missing column, …).
+        problem: String,
+    },
     /// A dataset that cannot give its samples (bad targets, index out of range, …).
     #[error("dataset: {0}")]
     Dataset(String),

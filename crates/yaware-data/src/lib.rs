@@ -9,9 +9,10 @@
 //! ([`parse_two_views_batch`] over [`BatchItem`]), the first augmentations ([`augment`]: flip,
 //! noise, erasing, z-normalisation, crop-or-pad, composition, random application, multiple
 //! views, the paper's presets), an in-memory [`Dataset`] and the parallel, prefetching
-//! [`TwoViewLoader`], and, behind the optional `candle-datasets` feature, batching with
-//! candle-datasets' `Batcher` exist so far; file datasets (.npy / OpenBHB, NIfTI, tabular) come
-//! next.
+//! [`TwoViewLoader`], `.npy` volumes with `participants.tsv` targets ([`NpyDataset`], the
+//! OpenBHB layout), and, behind the optional `candle-datasets` feature, batching with
+//! candle-datasets' `Batcher` exist so far; NIfTI folders, tabular features and the
+//! skip-bad-files option come next.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -31,9 +32,11 @@ mod batch;
 pub mod batcher;
 mod error;
 mod loader;
+mod npy;
 mod two_view;
 
 pub use batch::{BatchItem, BatchProblem, parse_two_views_batch};
 pub use error::{Error, Result};
 pub use loader::{Dataset, Epoch, InMemoryDataset, LoaderConfig, Sample, TwoViewLoader};
+pub use npy::{NpyDataset, NpyVolumes, Table, write_npy};
 pub use two_view::TwoViewBatch;

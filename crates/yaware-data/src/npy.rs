@@ -1,0 +1,385 @@
+//! NumPy `.npy` volumes read sample by sample (OpenBHB ships its images this way), and
+//! `participants.tsv` / CSV tables for the targets.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::augment::Volume;
+use crate::error::{Error, Result};
+use crate::loader::{Dataset, Sample};
+
+fn file_error(path: &Path, problem: impl Into<String>) -> Error {
+    Error::File {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    }
+}
+
+/// Element types of `.npy` files that can be read (converted to f32).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dtype {
+    F32,
+    F64,
+    U8,
+    I16,
+    I32,
+    I64,
+}
+
+impl Dtype {
+    fn parse(descr: &str) -> Option<Self> {
+        match descr {
+            "<f4" => Some(Dtype::F32),
+            "<f8" => Some(Dtype::F64),
+            "|u1" | "<u1" => Some(Dtype::U8),
+            "<i2" => Some(Dtype::I16),
+            "<i4" => Some(Dtype::I32),
+            "<i8" => Some(Dtype::I64),
+            _ => None,
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            Dtype::U8 => 1,
+            Dtype::I16 => 2,
+            Dtype::F32 | Dtype::I32 => 4,
+            Dtype::F64 | Dtype::I64 => 8,
+        }
+    }
+
+    fn decode(self, bytes: &[u8]) -> Vec<f32> {
+        let s = self.size();
+        bytes
+            .chunks_exact(s)
+            .map(|b| match self {
+                Dtype::F32 => f32::from_le_bytes(b.try_into().expect("4 bytes")),
+                Dtype::F64 => f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32,
+                Dtype::U8 => b[0] as f32,
+                Dtype::I16 => i16::from_le_bytes(b.try_into().expect("2 bytes")) as f32,
+                Dtype::I32 => i32::from_le_bytes(b.try_into().expect("4 bytes")) as f32,
+                Dtype::I64 => i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32,
+            })
+            .collect()
+    }
+}
+
+/// The value of `key` in the header dict (`'descr': '<f4', 'fortran_order': False, …`).
+fn header_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+    let start = header.find(&format!("'{key}':"))? + key.len() + 3;
+    let rest = header[start..].trim_start();
+    let end = if rest.starts_with('(') {
+        rest.find(')')? + 1
+    } else {
+        rest.find([',', '}'])?
+    };
+    Some(rest[..end].trim())
+}
+
+/// An `.npy` array of volumes `(N, D, H, W)` or `(N, C, D, H, W)`, read one sample at a time.
+#[derive(Debug, Clone)]
+pub struct NpyVolumes {
+    path: PathBuf,
+    file: std::sync::Arc<File>,
+    dtype: Dtype,
+    data_offset: u64,
+    n: usize,
+    shape: [usize; 4],
+}
+
+impl NpyVolumes {
+    /// Opens `path`, checking the header, the dimensionality and that the file is complete.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| file_error(path, format!("cannot open: {e}")))?;
+        let len = file
+            .metadata()
+            .map_err(|e| file_error(path, e.to_string()))?
+            .len();
+        let mut prefix = [0u8; 10];
+        file.read_exact_at(&mut prefix, 0)
+            .map_err(|_| file_error(path, "truncated: no .npy header"))?;
+        if &prefix[..6] != b"\x93NUMPY" {
+            return Err(file_error(path, "not an .npy file (bad magic)"));
+        }
+        let (header_len, header_start) = match prefix[6] {
+            1 => (u16::from_le_bytes([prefix[8], prefix[9]]) as usize, 10u64),
+            2 | 3 => {
+                let mut l = [0u8; 4];
+                file.read_exact_at(&mut l, 8)
+                    .map_err(|_| file_error(path, "truncated header"))?;
+                (u32::from_le_bytes(l) as usize, 12u64)
+            }
+            v => return Err(file_error(path, format!("unsupported .npy version {v}"))),
+        };
+        let mut header = vec![0u8; header_len];
+        file.read_exact_at(&mut header, header_start)
+            .map_err(|_| file_error(path, "truncated header"))?;
+        let header = String::from_utf8_lossy(&header).to_string();
+        let descr = header_value(&header, "descr").map(|d| d.trim_matches('\''));
+        let dtype = descr.and_then(Dtype::parse).ok_or_else(|| {
+            file_error(
+                path,
+                format!("unsupported dtype {descr:?} (f4, f8, u1, i2, i4, i8 little-endian)"),
+            )
+        })?;
+        if header_value(&header, "fortran_order") != Some("False") {
+            return Err(file_error(path, "Fortran-ordered arrays are not supported"));
+        }
+        let shape: Vec<usize> = header_value(&header, "shape")
+            .map(|s| s.trim_matches(|c| c == '(' || c == ')'))
+            .map(|s| {
+                s.split(',')
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .map(|x| x.parse::<usize>())
+                    .collect()
+            })
+            .transpose()
+            .ok()
+            .flatten()
+            .ok_or_else(|| file_error(path, "unreadable shape in the header"))?;
+        let (n, shape) = match shape[..] {
+            [n, d, h, w] => (n, [1, d, h, w]),
+            [n, c, d, h, w] => (n, [c, d, h, w]),
+            _ => {
+                return Err(file_error(
+                    path,
+                    format!(
+                        "wrong dimensionality: shape {shape:?}, expected (N, D, H, W) or (N, C, D, H, W)"
+                    ),
+                ));
+            }
+        };
+        let data_offset = header_start + header_len as u64;
+        let needed = data_offset + (n * shape.iter().product::<usize>() * dtype.size()) as u64;
+        if len < needed {
+            return Err(file_error(
+                path,
+                format!("truncated: {len} bytes, the header announces {needed}"),
+            ));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            file: std::sync::Arc::new(file),
+            dtype,
+            data_offset,
+            n,
+            shape,
+        })
+    }
+
+    /// Number of volumes.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether the array holds no volume.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// `(C, D, H, W)` of every volume.
+    pub fn shape(&self) -> [usize; 4] {
+        self.shape
+    }
+
+    /// Volume `index`, read from disk.
+    pub fn read(&self, index: usize) -> Result<Volume> {
+        if index >= self.n {
+            return Err(file_error(
+                &self.path,
+                format!("index {index} out of range (len {})", self.n),
+            ));
+        }
+        let count: usize = self.shape.iter().product();
+        let bytes = count * self.dtype.size();
+        let mut buf = vec![0u8; bytes];
+        self.file
+            .read_exact_at(&mut buf, self.data_offset + (index * bytes) as u64)
+            .map_err(|e| file_error(&self.path, format!("reading volume {index}: {e}")))?;
+        Volume::new(self.shape, self.dtype.decode(&buf))
+    }
+}
+
+/// Writes `data` (row-major, `shape`) as a little-endian f32 `.npy` file.
+pub fn write_npy(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> Result<()> {
+    let path = path.as_ref();
+    let dims = shape.iter().map(|d| format!("{d},")).collect::<String>();
+    let dims = if shape.len() == 1 {
+        dims
+    } else {
+        dims.trim_end_matches(',').to_string()
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({dims}), }}");
+    let total = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - total % 64) % 64));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len() + data.len() * 4);
+    out.extend_from_slice(b"\x93NUMPY\x01\x00");
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    data.iter()
+        .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
+    File::create(path)
+        .and_then(|mut f| f.write_all(&out))
+        .map_err(|e| file_error(path, format!("cannot write: {e}")))
+}
+
+/// A delimited table (`.tsv` tab-separated, anything else comma-separated) with a header row.
+#[derive(Debug, Clone)]
+pub struct Table {
+    path: PathBuf,
+    columns: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    /// Reads the table; every row must have as many fields as the header.
+    pub fn read(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| file_error(path, format!("cannot read: {e}")))?;
+        let sep = if path.extension().is_some_and(|e| e == "tsv") {
+            '\t'
+        } else {
+            ','
+        };
+        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+        let columns: Vec<String> = lines
+            .next()
+            .ok_or_else(|| file_error(path, "empty table"))?
+            .split(sep)
+            .map(|s| s.trim().to_string())
+            .collect();
+        let mut rows = Vec::new();
+        for (i, line) in lines.enumerate() {
+            let row: Vec<String> = line.split(sep).map(|s| s.trim().to_string()).collect();
+            if row.len() != columns.len() {
+                return Err(file_error(
+                    path,
+                    format!(
+                        "row {} has {} fields, the header has {}",
+                        i + 1,
+                        row.len(),
+                        columns.len()
+                    ),
+                ));
+            }
+            rows.push(row);
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            columns,
+            rows,
+        })
+    }
+
+    /// Number of data rows.
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Whether the table has no data row.
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The column names.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
+    /// A numeric column; a missing column lists the existing ones, a non-numeric or NaN value
+    /// names its row.
+    pub fn numeric_column(&self, name: &str) -> Result<Vec<f64>> {
+        let j = self.columns.iter().position(|c| c == name).ok_or_else(|| {
+            file_error(
+                &self.path,
+                format!("no column `{name}`; columns: {}", self.columns.join(", ")),
+            )
+        })?;
+        self.rows
+            .iter()
+            .enumerate()
+            .map(|(i, row)| {
+                let v = row[j].parse::<f64>().map_err(|_| {
+                    file_error(
+                        &self.path,
+                        format!(
+                            "row {}, column `{name}`: `{}` is not a number",
+                            i + 1,
+                            row[j]
+                        ),
+                    )
+                })?;
+                if v.is_finite() {
+                    Ok(v)
+                } else {
+                    Err(file_error(
+                        &self.path,
+                        format!("row {}, column `{name}`: non-finite value {v}", i + 1),
+                    ))
+                }
+            })
+            .collect()
+    }
+}
+
+/// Volumes from an `.npy` array with targets from a table whose rows follow the array's order
+/// (OpenBHB's `participants.tsv` layout), by column names (e.g. `["age"]`).
+#[derive(Debug, Clone)]
+pub struct NpyDataset {
+    volumes: NpyVolumes,
+    targets: Option<Vec<Vec<f64>>>,
+}
+
+impl NpyDataset {
+    /// Opens the array and, if given, reads the target columns of `table`; the table must have
+    /// one row per volume.
+    pub fn open(npy: impl AsRef<Path>, table: Option<(&Path, &[&str])>) -> Result<Self> {
+        let volumes = NpyVolumes::open(npy)?;
+        let targets = match table {
+            None => None,
+            Some((path, columns)) => {
+                let t = Table::read(path)?;
+                if t.len() != volumes.len() {
+                    return Err(file_error(
+                        path,
+                        format!(
+                            "{} rows of meta-data for {} volumes in {}",
+                            t.len(),
+                            volumes.len(),
+                            volumes.path.display()
+                        ),
+                    ));
+                }
+                let cols: Vec<Vec<f64>> = columns
+                    .iter()
+                    .map(|c| t.numeric_column(c))
+                    .collect::<Result<_>>()?;
+                Some(
+                    (0..t.len())
+                        .map(|i| cols.iter().map(|c| c[i]).collect())
+                        .collect(),
+                )
+            }
+        };
+        Ok(Self { volumes, targets })
+    }
+}
+
+impl Dataset for NpyDataset {
+    fn len(&self) -> usize {
+        self.volumes.len()
+    }
+
+    fn get(&self, index: usize) -> Result<Sample> {
+        Ok(Sample {
+            volume: self.volumes.read(index)?,
+            target: self.targets.as_ref().map(|t| t[index].clone()),
+        })
+    }
+}
