@@ -1,6 +1,6 @@
 //! Random erasing (cutout) of boxes.
 
-use super::{SampleRng, Transform, Volume, check_range};
+use super::{SampleRng, Transform, Volume, check_range, sample_box};
 use crate::error::{Error, Result};
 
 /// What an erased box is filled with.
@@ -86,36 +86,6 @@ impl RandomErasing {
             value,
         })
     }
-
-    /// One box `(start, size)` per spatial axis, or `None`.
-    fn sample_box(
-        &self,
-        dims: [usize; 3],
-        rng: &mut SampleRng,
-    ) -> Option<([usize; 3], [usize; 3])> {
-        let volume = (dims[0] * dims[1] * dims[2]) as f64;
-        let attempt = |rng: &mut SampleRng, ratio: (f64, f64)| {
-            let target = rng.range(self.scale.0, self.scale.1) * volume;
-            let mut a = [0.0; 3];
-            for x in &mut a {
-                *x = rng.range(ratio.0.ln(), ratio.1.ln()).exp();
-            }
-            let norm = (a[0] * a[1] * a[2]).cbrt();
-            let edge = target.cbrt();
-            let mut size = [0usize; 3];
-            for i in 0..3 {
-                size[i] = (edge * a[i] / norm).round() as usize;
-                if size[i] > dims[i] {
-                    return None;
-                }
-            }
-            let start = [0, 1, 2].map(|i| rng.int_inclusive(dims[i] - size[i]));
-            Some((start, size))
-        };
-        (0..10)
-            .find_map(|_| attempt(rng, self.ratio))
-            .or_else(|| attempt(rng, (1.0, 1.0)))
-    }
 }
 
 impl Transform for RandomErasing {
@@ -123,7 +93,7 @@ impl Transform for RandomErasing {
         let dims = volume.spatial();
         let [_, h, w] = dims;
         for _ in 0..self.num_iterations {
-            let Some((start, size)) = self.sample_box(dims, rng) else {
+            let Some((start, size)) = sample_box(dims, self.scale, self.ratio, rng) else {
                 continue;
             };
             let n = size.iter().product::<usize>();

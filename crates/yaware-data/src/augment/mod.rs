@@ -221,6 +221,33 @@ pub(crate) fn check_range(
     }
 }
 
+/// Draws a box `(start, size)` per spatial axis as the reference's `RandomErasing` and
+/// `RandomResizedCrop` do: a size `U(scale)·volume`, three aspect ratios `exp(U(log r0, log r1))`
+/// normalised to a product of 1, sides `round(∛size · a_i)`, a uniform start where it fits; a box
+/// that does not fit is redrawn up to 10 times, then tried once with ratio 1, then `None`.
+pub(crate) fn sample_box(
+    dims: [usize; 3],
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut SampleRng,
+) -> Option<([usize; 3], [usize; 3])> {
+    let total = (dims[0] * dims[1] * dims[2]) as f64;
+    let attempt = |rng: &mut SampleRng, ratio: (f64, f64)| {
+        let target = rng.range(scale.0, scale.1) * total;
+        let a = [(); 3].map(|_| rng.range(ratio.0.ln(), ratio.1.ln()).exp());
+        let norm = (a[0] * a[1] * a[2]).cbrt();
+        let size = [0, 1, 2].map(|i| (target.cbrt() * a[i] / norm).round() as usize);
+        if size.iter().zip(&dims).any(|(&s, &d)| s > d) {
+            return None;
+        }
+        let start = [0, 1, 2].map(|i| rng.int_inclusive(dims[i] - size[i]));
+        Some((start, size))
+    };
+    (0..10)
+        .find_map(|_| attempt(rng, ratio))
+        .or_else(|| attempt(rng, (1.0, 1.0)))
+}
+
 /// Applies a transform with probability `p` (the reference's `Transform(p=…)`). One uniform
 /// number is drawn whether or not it applies, so the streams of later transforms do not depend
 /// on this outcome.

@@ -3,7 +3,7 @@
 use super::basic::flip_axis;
 use super::{
     Compose, RandomApply, RandomGaussianBlur, RandomGaussianNoise, SampleRng, Transform, Volume,
-    ZNormalization, check_range,
+    ZNormalization, check_range, sample_box,
 };
 use crate::error::{Error, Result};
 
@@ -140,21 +140,9 @@ impl RandomResizedCrop {
 impl Transform for RandomResizedCrop {
     fn apply(&self, volume: Volume, rng: &mut SampleRng) -> Result<Volume> {
         let dims = volume.spatial();
-        let total = (dims[0] * dims[1] * dims[2]) as f64;
-        let attempt = |rng: &mut SampleRng, ratio: (f64, f64)| {
-            let target = rng.range(self.scale.0, self.scale.1) * total;
-            let a = [(); 3].map(|_| rng.range(ratio.0.ln(), ratio.1.ln()).exp());
-            let norm = (a[0] * a[1] * a[2]).cbrt();
-            let size = [0, 1, 2].map(|i| (target.cbrt() * a[i] / norm).round() as usize);
-            if size.iter().zip(&dims).any(|(&s, &d)| s == 0 || s > d) {
-                return None;
-            }
-            let start = [0, 1, 2].map(|i| rng.int_inclusive(dims[i] - size[i]));
-            Some((start, size))
-        };
-        let boxed = (0..10)
-            .find_map(|_| attempt(rng, self.ratio))
-            .or_else(|| attempt(rng, (1.0, 1.0)));
+        // A box of no voxel cannot be resized: the whole volume is the fallback then too.
+        let boxed =
+            sample_box(dims, self.scale, self.ratio, rng).filter(|(_, size)| !size.contains(&0));
         let cropped = match boxed {
             Some((start, size)) => crop(&volume, start, size),
             None => volume,
