@@ -11,8 +11,7 @@
 //! views, the paper's presets), an in-memory [`Dataset`] and the parallel, prefetching
 //! [`TwoViewLoader`], `.npy` volumes with `participants.tsv` targets ([`NpyDataset`], the
 //! OpenBHB layout), and, behind the optional `candle-datasets` feature, batching with
-//! candle-datasets' `Batcher` exist so far; NIfTI folders, tabular features and the
-//! skip-bad-files option come next.
+//! candle-datasets' `Batcher` exist so far; NIfTI folders and tabular features come next.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -38,5 +37,5 @@ mod two_view;
 pub use batch::{BatchItem, BatchProblem, parse_two_views_batch};
 pub use error::{Error, Result};
 pub use loader::{Dataset, Epoch, InMemoryDataset, LoaderConfig, Sample, TwoViewLoader};
-pub use npy::{NpyDataset, NpyVolumes, Table, write_npy};
+pub use npy::{NpyDataset, NpyVolumes, SkipReport, Table, write_npy};
 pub use two_view::TwoViewBatch;

@@ -292,39 +292,63 @@ impl Table {
         &self.columns
     }
 
-    /// A numeric column; a missing column lists the existing ones, a non-numeric or NaN value
-    /// names its row.
-    pub fn numeric_column(&self, name: &str) -> Result<Vec<f64>> {
-        let j = self.columns.iter().position(|c| c == name).ok_or_else(|| {
+    /// The index of column `name`; a missing column lists the existing ones.
+    fn column_index(&self, name: &str) -> Result<usize> {
+        self.columns.iter().position(|c| c == name).ok_or_else(|| {
             file_error(
                 &self.path,
                 format!("no column `{name}`; columns: {}", self.columns.join(", ")),
             )
-        })?;
-        self.rows
-            .iter()
-            .enumerate()
-            .map(|(i, row)| {
-                let v = row[j].parse::<f64>().map_err(|_| {
-                    file_error(
-                        &self.path,
-                        format!(
-                            "row {}, column `{name}`: `{}` is not a number",
-                            i + 1,
-                            row[j]
-                        ),
-                    )
-                })?;
-                if v.is_finite() {
-                    Ok(v)
-                } else {
-                    Err(file_error(
-                        &self.path,
-                        format!("row {}, column `{name}`: non-finite value {v}", i + 1),
-                    ))
-                }
-            })
+        })
+    }
+
+    /// The finite number in row `i` (0-based data row) of column `j`, or what is wrong with it.
+    fn number(&self, i: usize, j: usize) -> std::result::Result<f64, String> {
+        let (name, cell) = (&self.columns[j], &self.rows[i][j]);
+        match cell.parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(v),
+            Ok(v) => Err(format!(
+                "row {}, column `{name}`: non-finite value {v}",
+                i + 1
+            )),
+            Err(_) => Err(format!(
+                "row {}, column `{name}`: `{cell}` is not a number",
+                i + 1
+            )),
+        }
+    }
+
+    /// A numeric column; a missing column lists the existing ones, a non-numeric or NaN value
+    /// names its row.
+    pub fn numeric_column(&self, name: &str) -> Result<Vec<f64>> {
+        let j = self.column_index(name)?;
+        (0..self.rows.len())
+            .map(|i| self.number(i, j).map_err(|p| file_error(&self.path, p)))
             .collect()
+    }
+}
+
+/// The samples a dataset left out, each with its reason (nothing is dropped silently).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SkipReport {
+    /// `(sample index in the file, reason)` of every skipped sample.
+    pub skipped: Vec<(usize, String)>,
+}
+
+impl SkipReport {
+    /// Number of skipped samples.
+    pub fn count(&self) -> usize {
+        self.skipped.len()
+    }
+}
+
+impl std::fmt::Display for SkipReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} sample(s) skipped", self.count())?;
+        for (i, why) in &self.skipped {
+            writeln!(f, "  sample {i}: {why}")?;
+        }
+        Ok(())
     }
 }
 
@@ -333,52 +357,104 @@ impl Table {
 #[derive(Debug, Clone)]
 pub struct NpyDataset {
     volumes: NpyVolumes,
+    /// Array index of every sample kept.
+    kept: Vec<usize>,
     targets: Option<Vec<Vec<f64>>>,
 }
 
 impl NpyDataset {
     /// Opens the array and, if given, reads the target columns of `table`; the table must have
-    /// one row per volume.
+    /// one row per volume, and every target must be a finite number.
     pub fn open(npy: impl AsRef<Path>, table: Option<(&Path, &[&str])>) -> Result<Self> {
+        let (dataset, report) = Self::open_with(npy, table, false)?;
+        debug_assert_eq!(report.count(), 0, "nothing is skipped unless asked");
+        Ok(dataset)
+    }
+
+    /// As [`open`](Self::open), but samples whose targets are not finite numbers are skipped and
+    /// listed in the report instead of failing (a missing column or a table of the wrong length
+    /// still fails: they are not one sample's problem).
+    pub fn open_skipping_bad(
+        npy: impl AsRef<Path>,
+        table: (&Path, &[&str]),
+    ) -> Result<(Self, SkipReport)> {
+        Self::open_with(npy, Some(table), true)
+    }
+
+    fn open_with(
+        npy: impl AsRef<Path>,
+        table: Option<(&Path, &[&str])>,
+        skip_bad: bool,
+    ) -> Result<(Self, SkipReport)> {
         let volumes = NpyVolumes::open(npy)?;
-        let targets = match table {
-            None => None,
-            Some((path, columns)) => {
-                let t = Table::read(path)?;
-                if t.len() != volumes.len() {
-                    return Err(file_error(
-                        path,
-                        format!(
-                            "{} rows of meta-data for {} volumes in {}",
-                            t.len(),
-                            volumes.len(),
-                            volumes.path.display()
-                        ),
-                    ));
-                }
-                let cols: Vec<Vec<f64>> = columns
-                    .iter()
-                    .map(|c| t.numeric_column(c))
-                    .collect::<Result<_>>()?;
-                Some(
-                    (0..t.len())
-                        .map(|i| cols.iter().map(|c| c[i]).collect())
-                        .collect(),
-                )
-            }
+        let mut report = SkipReport::default();
+        let Some((path, columns)) = table else {
+            let kept = (0..volumes.len()).collect();
+            return Ok((
+                Self {
+                    volumes,
+                    kept,
+                    targets: None,
+                },
+                report,
+            ));
         };
-        Ok(Self { volumes, targets })
+        let t = Table::read(path)?;
+        if t.len() != volumes.len() {
+            return Err(file_error(
+                path,
+                format!(
+                    "{} rows of meta-data for {} volumes in {}",
+                    t.len(),
+                    volumes.len(),
+                    volumes.path.display()
+                ),
+            ));
+        }
+        let cols: Vec<usize> = columns
+            .iter()
+            .map(|c| t.column_index(c))
+            .collect::<Result<_>>()?;
+        let (mut kept, mut targets) = (Vec::new(), Vec::new());
+        for i in 0..t.len() {
+            match cols
+                .iter()
+                .map(|&j| t.number(i, j))
+                .collect::<std::result::Result<Vec<f64>, String>>()
+            {
+                Ok(row) => {
+                    kept.push(i);
+                    targets.push(row);
+                }
+                Err(problem) if skip_bad => report.skipped.push((i, problem)),
+                Err(problem) => return Err(file_error(path, problem)),
+            }
+        }
+        Ok((
+            Self {
+                volumes,
+                kept,
+                targets: Some(targets),
+            },
+            report,
+        ))
     }
 }
 
 impl Dataset for NpyDataset {
     fn len(&self) -> usize {
-        self.volumes.len()
+        self.kept.len()
     }
 
     fn get(&self, index: usize) -> Result<Sample> {
+        let &i = self.kept.get(index).ok_or_else(|| {
+            Error::Dataset(format!(
+                "index {index} out of range (len {})",
+                self.kept.len()
+            ))
+        })?;
         Ok(Sample {
-            volume: self.volumes.read(index)?,
+            volume: self.volumes.read(i)?,
             target: self.targets.as_ref().map(|t| t[index].clone()),
         })
     }

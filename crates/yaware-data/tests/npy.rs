@@ -177,3 +177,38 @@ fn an_openbhb_like_folder_feeds_the_loader() {
     assert!(p.contains("1 rows of meta-data for 5 volumes"), "{p}");
     std::fs::remove_dir_all(d).ok();
 }
+
+#[test]
+fn bad_rows_can_be_skipped_and_are_all_reported() {
+    let d = dir("skip");
+    let (n, vox) = (5usize, 8);
+    let data: Vec<f32> = (0..n * vox).map(|i| (i / vox) as f32).collect();
+    let npy = d.join("x.npy");
+    write_npy(&npy, &[n, 2, 2, 2], &data).unwrap();
+    let tsv = d.join("participants.tsv");
+    std::fs::write(&tsv, "id\tage\nA\t20\nB\tnan\nC\t22\nD\tabc\nE\t24\n").unwrap();
+    // Without the option the first bad row is an error naming the file.
+    let p = file_problem(
+        NpyDataset::open(&npy, Some((&tsv, &["age"]))).unwrap_err(),
+        &tsv,
+    );
+    assert!(p.contains("row 2"), "{p}");
+    let (ds, report) = NpyDataset::open_skipping_bad(&npy, (&tsv, &["age"])).unwrap();
+    assert_eq!(report.count(), 2);
+    assert_eq!(
+        report.skipped.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        [1, 3]
+    );
+    assert!(report.skipped[1].1.contains("`abc` is not a number"));
+    assert!(report.to_string().starts_with("2 sample(s) skipped"));
+    assert_eq!(ds.len(), 3);
+    let s = ds.get(2).unwrap();
+    assert_eq!(s.target, Some(vec![24.0]));
+    assert!(
+        s.volume.data().iter().all(|&x| x == 4.0),
+        "sample 2 of the dataset is row 4 of the file"
+    );
+    // A missing column is not one sample's problem: still an error.
+    assert!(NpyDataset::open_skipping_bad(&npy, (&tsv, &["sex"])).is_err());
+    std::fs::remove_dir_all(d).ok();
+}
