@@ -1,6 +1,6 @@
 //! Random erasing (cutout) of boxes.
 
-use super::{SampleRng, Transform, Volume, check_range, sample_box};
+use super::{SampleRng, Transform, Volume, check_box_params, sample_box};
 use crate::error::{Error, Result};
 
 /// What an erased box is filled with.
@@ -47,22 +47,7 @@ impl RandomErasing {
         num_iterations: usize,
         value: EraseValue,
     ) -> Result<Self> {
-        check_range("scale", scale, Some(0.0))?;
-        if scale.1 > 1.0 {
-            return Err(Error::InvalidParam {
-                name: "scale",
-                value: format!("{scale:?}"),
-                rule: "must be within [0, 1]",
-            });
-        }
-        check_range("ratio", ratio, None)?;
-        if ratio.0 <= 0.0 {
-            return Err(Error::InvalidParam {
-                name: "ratio",
-                value: format!("{ratio:?}"),
-                rule: "must be > 0",
-            });
-        }
+        check_box_params(scale, ratio, true)?;
         if num_iterations == 0 {
             return Err(Error::InvalidParam {
                 name: "num_iterations",

@@ -221,6 +221,37 @@ pub(crate) fn check_range(
     }
 }
 
+/// Checks the box parameters of `RandomErasing` / `RandomResizedCrop`: `scale` within [0, 1]
+/// (an upper bound of 0 allowed only with `allow_empty`), `ratio` positive.
+pub(crate) fn check_box_params(
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    allow_empty: bool,
+) -> Result<()> {
+    check_range("scale", scale, Some(0.0))?;
+    if scale.1 > 1.0 || (!allow_empty && scale.1 == 0.0) {
+        let rule = if allow_empty {
+            "must be within [0, 1]"
+        } else {
+            "must be within (0, 1]"
+        };
+        return Err(Error::InvalidParam {
+            name: "scale",
+            value: format!("{scale:?}"),
+            rule,
+        });
+    }
+    check_range("ratio", ratio, None)?;
+    if ratio.0 <= 0.0 {
+        return Err(Error::InvalidParam {
+            name: "ratio",
+            value: format!("{ratio:?}"),
+            rule: "must be > 0",
+        });
+    }
+    Ok(())
+}
+
 /// Draws a box `(start, size)` per spatial axis as the reference's `RandomErasing` and
 /// `RandomResizedCrop` do: a size `U(scale)·volume`, three aspect ratios `exp(U(log r0, log r1))`
 /// normalised to a product of 1, sides `round(∛size · a_i)`, a uniform start where it fits; a box

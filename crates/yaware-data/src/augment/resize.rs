@@ -3,7 +3,7 @@
 use super::basic::flip_axis;
 use super::{
     Compose, RandomApply, RandomGaussianBlur, RandomGaussianNoise, SampleRng, Transform, Volume,
-    ZNormalization, check_range, sample_box,
+    ZNormalization, check_box_params, sample_box,
 };
 use crate::error::{Error, Result};
 
@@ -113,22 +113,7 @@ impl RandomResizedCrop {
     /// `scale` within (0, 1], `ratio` > 0, a non-empty target.
     pub fn new(target_shape: [usize; 3], scale: (f64, f64), ratio: (f64, f64)) -> Result<Self> {
         check_shape("target_shape", target_shape)?;
-        check_range("scale", scale, Some(0.0))?;
-        if scale.1 > 1.0 || scale.1 == 0.0 {
-            return Err(Error::InvalidParam {
-                name: "scale",
-                value: format!("{scale:?}"),
-                rule: "must be within (0, 1]",
-            });
-        }
-        check_range("ratio", ratio, None)?;
-        if ratio.0 <= 0.0 {
-            return Err(Error::InvalidParam {
-                name: "ratio",
-                value: format!("{ratio:?}"),
-                rule: "must be > 0",
-            });
-        }
+        check_box_params(scale, ratio, false)?;
         Ok(Self {
             target_shape,
             scale,
