@@ -11,6 +11,7 @@ criterion_group!(
     benches,
     groups::losses::bench,
     groups::optim::bench,
-    groups::data::bench
+    groups::data::bench,
+    groups::backbones::bench
 );
 criterion_main!(benches);

@@ -1,5 +1,6 @@
 //! Benchmark groups.
 
+pub(crate) mod backbones;
 pub(crate) mod data;
 pub(crate) mod losses;
 pub(crate) mod optim;

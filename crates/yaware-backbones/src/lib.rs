@@ -6,10 +6,21 @@
 //! candle lacks (conv3d, 3D pooling, a fused 3D batch norm) as custom ops with hand-written
 //! backward passes.
 //!
+//! Every network implements [`Backbone`] and keeps its parameters and batch-norm buffers in a
+//! `candle_nn::VarMap` under the reference names.
+//!
 //! Place in the workspace: depends on candle only; `yaware-heads` and `yaware-estimator`
 //! depend on it.
 //!
-//! **Status: started.** Only the seeded initialisation ([`init`]) exists; the 3D ops and
-//! networks come with the backbones issue.
+//! **Status: in progress.** Done: seeded initialisation ([`init`]), the [`Backbone`] trait,
+//! [`Mlp`]. The 3D ops ([`ops`]) and the 3D networks are being written (backbones issue).
 
+mod backbone;
+mod error;
 pub mod init;
+mod nets;
+pub mod ops;
+
+pub use backbone::{Backbone, buffer_vars, is_buffer_name, trainable_vars};
+pub use error::{Error, Result};
+pub use nets::{Activation, BackboneConfig, Mlp, MlpConfig};

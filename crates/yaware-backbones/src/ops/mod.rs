@@ -1,0 +1,10 @@
+//! The 3D ops candle lacks, as custom ops with hand-written backward passes: [`conv3d`],
+//! 3D pooling and a fused 3D batch norm ([`BatchNorm3d`]).
+
+mod conv;
+mod norm;
+mod pool;
+
+pub use conv::{Conv3dParams, conv3d};
+pub use norm::BatchNorm3d;
+pub use pool::{adaptive_avg_pool3d_1, adaptive_max_pool3d_1, avg_pool3d, max_pool3d};
