@@ -23,4 +23,7 @@ pub mod ops;
 
 pub use backbone::{Backbone, buffer_vars, is_buffer_name, trainable_vars};
 pub use error::{Error, Result};
-pub use nets::{Activation, BackboneConfig, Mlp, MlpConfig};
+pub use nets::{
+    Activation, AlexNet, AlexNetConfig, BackboneConfig, DenseNet, DenseNetConfig, Mlp, MlpConfig,
+    ResNet, ResNetBlock, ResNetConfig, ResNetTruncated,
+};
