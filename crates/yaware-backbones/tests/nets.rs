@@ -615,3 +615,169 @@ fn backbone_config_serde_and_dims() {
     ));
     assert_eq!(ResNetBlock::Bottleneck.expansion(), 4);
 }
+
+// ---- forward passes (need the 3D ops) ----
+
+fn volume(shape: (usize, usize, usize, usize, usize), seed: u64, dtype: DType) -> Tensor {
+    let mut rng = yaware_backbones::init::SeededRng::new(seed);
+    rng.normal_tensor(shape, 0.0, 1.0, dtype, &cpu()).unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// Small networks of every kind: output shape, eval determinism, train mode updates the
+/// running statistics and counters in the network's map, gradients reach every parameter,
+/// and a save → load round trip gives the same outputs.
+fn exercise(config: BackboneConfig, x: &Tensor) {
+    let vm = VarMap::new();
+    let net = config.build(&vm, 7, x.dtype(), &cpu()).unwrap();
+    let n = x.dim(0).unwrap();
+    let e1 = net.forward_t(x, false).unwrap();
+    assert_eq!(e1.dims(), &[n, config.output_dim()]);
+    let e2 = net.forward_t(x, false).unwrap();
+    assert_eq!(max_abs_diff(&e1, &e2), 0.0);
+    // Loaded copy, before any training: same eval output.
+    let loaded = config
+        .load(VarBuilder::from_tensors(state_dict(&vm), x.dtype(), &cpu()))
+        .unwrap();
+    assert_eq!(max_abs_diff(&loaded.forward_t(x, false).unwrap(), &e1), 0.0);
+
+    let before = state_dict(&vm);
+    let y = net.forward_t(x, true).unwrap();
+    let grads = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+    for (name, var) in trainable_vars(&vm) {
+        assert!(
+            grads.get(var.as_tensor()).is_some(),
+            "no gradient for {name}"
+        );
+    }
+    for (name, var) in buffer_vars(&vm) {
+        let t = var.as_tensor();
+        if name.ends_with("num_batches_tracked") {
+            assert_eq!(t.to_scalar::<i64>().unwrap(), 1, "{name}");
+        } else {
+            assert!(max_abs_diff(t, &before[&name]) > 0.0, "{name} not updated");
+        }
+    }
+    // The eval output now uses the updated statistics.
+    assert!(max_abs_diff(&net.forward_t(x, false).unwrap(), &e1) > 0.0);
+}
+
+#[test]
+#[ignore = "needs the 3D ops (conv3d, pooling, BatchNorm3d)"]
+fn small_resnets_forward_train_and_reload() {
+    let x = volume((2, 2, 12, 10, 9), 1, DType::F64);
+    for cfg in [
+        ResNetConfig::new(ResNetBlock::Basic, [1, 1, 1, 1]),
+        ResNetConfig {
+            initial_kernel_size: 3,
+            zero_init_residual: true,
+            ..ResNetConfig::new(ResNetBlock::Bottleneck, [1, 2, 1, 1])
+        },
+        ResNetConfig {
+            replace_stride_with_dilation: [false, true, true],
+            ..ResNetConfig::new(ResNetBlock::Bottleneck, [1, 1, 2, 2])
+        },
+    ] {
+        exercise(
+            BackboneConfig::ResNet(cfg.with_in_channels(2).with_n_embedding(5)),
+            &x,
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs the 3D ops (conv3d, pooling, BatchNorm3d)"]
+fn small_densenet_forward_train_and_reload() {
+    let cfg = DenseNetConfig {
+        growth_rate: 4,
+        block_config: vec![2, 3, 1],
+        num_init_features: 8,
+        bn_size: 2,
+        in_channels: 1,
+        n_embedding: 6,
+        memory_efficient: false,
+    };
+    exercise(
+        BackboneConfig::DenseNet(cfg),
+        &volume((2, 1, 16, 16, 17), 2, DType::F64),
+    );
+}
+
+#[test]
+#[ignore = "needs the 3D ops (conv3d, pooling, BatchNorm3d)"]
+fn alexnet_forward_train_and_reload() {
+    // 33 voxels is the smallest side AlexNet accepts.
+    let cfg = AlexNetConfig {
+        n_embedding: 4,
+        in_channels: 1,
+    };
+    exercise(
+        BackboneConfig::AlexNet(cfg),
+        &volume((2, 1, 33, 34, 35), 3, DType::F32),
+    );
+}
+
+#[test]
+#[ignore = "needs the 3D ops (conv3d, pooling, BatchNorm3d)"]
+fn truncated_is_the_body_of_the_full_network() {
+    // The same seed draws the body's weights first, so a truncated depth-4 network and the full
+    // one share them: pooling the feature map and applying the embedding gives the output.
+    let x = volume((2, 1, 16, 16, 16), 4, DType::F64);
+    let cfg = ResNetConfig::new(ResNetBlock::Basic, [1, 1, 1, 1]).with_n_embedding(3);
+    let (vm_full, vm_trunc) = (VarMap::new(), VarMap::new());
+    let full = ResNet::new(cfg.clone(), &vm_full, 9, DType::F64, &cpu()).unwrap();
+    let trunc = ResNetTruncated::new(cfg, 4, &vm_trunc, 9, DType::F64, &cpu()).unwrap();
+    let f = trunc.forward_t(&x, false).unwrap();
+    assert_eq!(f.dim(1).unwrap(), trunc.output_dim());
+    let data = vm_full.data().lock().unwrap();
+    let (w, b) = (
+        data["embedding.weight"].as_tensor(),
+        data["embedding.bias"].as_tensor(),
+    );
+    let pooled = f.mean((2, 3, 4)).unwrap();
+    let want = pooled
+        .matmul(&w.t().unwrap())
+        .unwrap()
+        .broadcast_add(b)
+        .unwrap();
+    let got = full.forward_t(&x, false).unwrap();
+    assert!(max_abs_diff(&got, &want) < 1e-12);
+}
+
+#[test]
+fn forward_refuses_a_bad_input() {
+    let vm = VarMap::new();
+    let net = AlexNet::new(AlexNetConfig::default(), &vm, 0, DType::F32, &cpu()).unwrap();
+    for shape in [vec![2, 2, 40, 40, 40], vec![2, 40, 40, 40]] {
+        let x = Tensor::zeros(shape.clone(), DType::F32, &cpu()).unwrap();
+        let e = net.forward_t(&x, false).unwrap_err();
+        assert!(
+            matches!(&e, Error::Input { op: "AlexNet", problem } if problem.contains(&format!("{shape:?}"))),
+            "{e}"
+        );
+    }
+    let net =
+        ResNetTruncated::new(ResNetConfig::resnet18(), 0, &vm, 0, DType::F32, &cpu()).unwrap();
+    let x = Tensor::zeros((1, 3, 8, 8, 8), DType::F32, &cpu()).unwrap();
+    assert!(matches!(
+        net.forward_t(&x, false),
+        Err(Error::Input {
+            op: "ResNetTruncated",
+            ..
+        })
+    ));
+}
