@@ -2,6 +2,7 @@
 //! 3D pooling and a fused 3D batch norm ([`BatchNorm3d`]).
 
 mod conv;
+mod elem;
 mod norm;
 mod pool;
 

@@ -1,48 +1,381 @@
-//! 3D pooling with PyTorch's semantics.
+//! 3D pooling with PyTorch's semantics: CPU custom ops with hand-written backward passes.
+//!
+//! Output sizes follow PyTorch with `ceil_mode = false`: `floor((L + 2p − k) / s) + 1` per
+//! axis, and the padding may be at most half the kernel size. Max pooling pads with −∞ and, in
+//! backward, gives each window's gradient to its first maximum in (d, h, w) scan order (a NaN
+//! counts as a maximum, as in PyTorch); average pooling counts the zero padding in the
+//! divisor (`count_include_pad = true`).
 
-use candle_core::Tensor;
+use std::sync::OnceLock;
 
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
+use rayon::prelude::*;
+
+use super::elem::{Real, check_volume, cpu_slice, dispatch, with_cpu_slice};
 use crate::{Error, Result};
 
-fn unimplemented(op: &'static str) -> Error {
-    Error::Input {
-        op,
-        problem: "not implemented yet".into(),
+/// Shape bookkeeping of one pooling call: `nc` volumes of `input` voxels, `output` windows.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    input: [usize; 3],
+    output: [usize; 3],
+    kernel: [usize; 3],
+    stride: [usize; 3],
+    padding: [usize; 3],
+}
+
+impl Geometry {
+    /// Validates the input and hyper-parameters (PyTorch's rules) and computes output sizes.
+    fn new(
+        op: &'static str,
+        x: &Tensor,
+        kernel: [usize; 3],
+        stride: [usize; 3],
+        padding: [usize; 3],
+    ) -> Result<Self> {
+        let [n, c, d, h, w] = check_volume(op, x)?;
+        if kernel.contains(&0) {
+            return Err(Error::InvalidParam {
+                name: "kernel_size",
+                value: format!("{kernel:?}"),
+                reason: "every kernel size must be positive".into(),
+            });
+        }
+        if stride.contains(&0) {
+            return Err(Error::InvalidParam {
+                name: "stride",
+                value: format!("{stride:?}"),
+                reason: "every stride must be positive".into(),
+            });
+        }
+        if (0..3).any(|a| padding[a] > kernel[a] / 2) {
+            return Err(Error::InvalidParam {
+                name: "padding",
+                value: format!("{padding:?}"),
+                reason: format!("must be at most half the kernel size {kernel:?} on every axis"),
+            });
+        }
+        let input = [d, h, w];
+        let mut output = [0; 3];
+        for a in 0..3 {
+            let padded = input[a] + 2 * padding[a];
+            if padded < kernel[a] {
+                return Err(Error::Input {
+                    op,
+                    problem: format!(
+                        "input shape {:?} is too small for kernel {kernel:?} with padding \
+                         {padding:?}",
+                        x.dims()
+                    ),
+                });
+            }
+            output[a] = (padded - kernel[a]) / stride[a] + 1;
+        }
+        if d * h * w > u32::MAX as usize {
+            return Err(Error::Input {
+                op,
+                problem: format!("volumes of shape {:?} are too large to pool", x.dims()),
+            });
+        }
+        Ok(Self {
+            n,
+            c,
+            input,
+            output,
+            kernel,
+            stride,
+            padding,
+        })
+    }
+
+    fn volumes(&self) -> usize {
+        self.n * self.c
+    }
+
+    fn in_len(&self) -> usize {
+        self.input.iter().product()
+    }
+
+    fn out_len(&self) -> usize {
+        self.output.iter().product()
+    }
+
+    fn out_shape(&self) -> Shape {
+        let [d, h, w] = self.output;
+        Shape::from((self.n, self.c, d, h, w))
+    }
+
+    /// Per axis, the input range `[start, end)` each output position covers, clipped to the
+    /// volume (the clipped part is padding). Never empty since the padding is at most k/2.
+    fn ranges(&self) -> [Vec<(usize, usize)>; 3] {
+        std::array::from_fn(|a| {
+            (0..self.output[a])
+                .map(|o| {
+                    let start = (o * self.stride[a]) as isize - self.padding[a] as isize;
+                    let end = start + self.kernel[a] as isize;
+                    (
+                        start.max(0) as usize,
+                        end.min(self.input[a] as isize) as usize,
+                    )
+                })
+                .collect()
+        })
+    }
+
+    fn window_size(&self) -> usize {
+        self.kernel.iter().product()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Max pooling.
+
+/// Window maxima and the in-volume index of each window's first maximum.
+fn max_forward<T: Real>(x: &[T], g: &Geometry) -> (Vec<T>, Vec<u32>) {
+    let (il, ol) = (g.in_len(), g.out_len());
+    let [rd, rh, rw] = g.ranges();
+    let [_, ih, iw] = g.input;
+    let mut out = vec![T::from_f64(0.0); g.volumes() * ol];
+    let mut arg = vec![0u32; g.volumes() * ol];
+    out.par_chunks_mut(ol)
+        .zip(arg.par_chunks_mut(ol))
+        .enumerate()
+        .for_each(|(v, (out, arg))| {
+            let x = &x[v * il..(v + 1) * il];
+            let mut j = 0;
+            for &(d0, d1) in &rd {
+                for &(h0, h1) in &rh {
+                    for &(w0, w1) in &rw {
+                        let mut best = (d0 * ih + h0) * iw + w0;
+                        let mut max = T::NEG_INFINITY;
+                        for d in d0..d1 {
+                            for h in h0..h1 {
+                                let row = (d * ih + h) * iw;
+                                for (i, &val) in x[row + w0..row + w1].iter().enumerate() {
+                                    // PyTorch's rule: strictly greater, or NaN.
+                                    if val > max || val.is_nan() {
+                                        max = val;
+                                        best = row + w0 + i;
+                                    }
+                                }
+                            }
+                        }
+                        out[j] = max;
+                        arg[j] = best as u32;
+                        j += 1;
+                    }
+                }
+            }
+        });
+    (out, arg)
+}
+
+/// Scatter-adds `dy` to the recorded maxima.
+fn max_backward<T: Real>(dy: &[T], arg: &[u32], g: &Geometry) -> Vec<T> {
+    let (il, ol) = (g.in_len(), g.out_len());
+    let mut dx = vec![T::from_f64(0.0); g.volumes() * il];
+    dx.par_chunks_mut(il).enumerate().for_each(|(v, dx)| {
+        let dy = &dy[v * ol..(v + 1) * ol];
+        let arg = &arg[v * ol..(v + 1) * ol];
+        for (&a, &g) in arg.iter().zip(dy) {
+            dx[a as usize] += g;
+        }
+    });
+    dx
+}
+
+/// Max pooling as a custom op; the forward pass records the argmax for the backward pass.
+struct MaxPool3dOp {
+    geo: Geometry,
+    argmax: OnceLock<Vec<u32>>,
+}
+
+impl CustomOp1 for MaxPool3dOp {
+    fn name(&self) -> &'static str {
+        "max_pool3d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        dispatch!(s, self.name(), |T| {
+            let x = cpu_slice::<T>(s, l, self.name())?;
+            let (out, arg) = max_forward(x, &self.geo);
+            // A second forward of the same op would record identical indices.
+            let _ = self.argmax.set(arg);
+            Ok((T::to_cpu_storage_owned(out), self.geo.out_shape()))
+        })
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let Some(arg) = self.argmax.get() else {
+            candle_core::bail!("max_pool3d: backward before forward");
+        };
+        let dx = match x.dtype() {
+            candle_core::DType::F32 => with_cpu_slice::<f32, _>(dy, self.name(), |dy| {
+                Tensor::from_vec(max_backward(dy, arg, &self.geo), x.shape(), x.device())
+            })?,
+            _ => with_cpu_slice::<f64, _>(dy, self.name(), |dy| {
+                Tensor::from_vec(max_backward(dy, arg, &self.geo), x.shape(), x.device())
+            })?,
+        };
+        Ok(Some(dx))
     }
 }
 
 /// Max pooling of `x (N, C, D, H, W)` with −∞ padding; in backward the first maximum of each
 /// window receives the gradient (PyTorch's rule).
+///
+/// `kernel`, `stride` and `padding` are per axis `[D, H, W]`; the output has
+/// `floor((L + 2p − k) / s) + 1` positions per axis. f32 and f64 on the CPU. Errors: a
+/// non-5D, non-float or non-CPU input ([`Error::Input`]); a zero kernel size or stride, or a
+/// padding above half the kernel ([`Error::InvalidParam`]); a volume smaller than the window
+/// ([`Error::Input`]).
 pub fn max_pool3d(
     x: &Tensor,
     kernel: [usize; 3],
     stride: [usize; 3],
     padding: [usize; 3],
 ) -> Result<Tensor> {
-    let _ = (x, kernel, stride, padding);
-    Err(unimplemented("max_pool3d"))
+    let geo = Geometry::new("max_pool3d", x, kernel, stride, padding)?;
+    let op = MaxPool3dOp {
+        geo,
+        argmax: OnceLock::new(),
+    };
+    Ok(x.contiguous()?.apply_op1(op)?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Average pooling.
+
+/// Window sums divided by the full window size (padding counted).
+fn avg_forward<T: Real>(x: &[T], g: &Geometry) -> Vec<T> {
+    let (il, ol) = (g.in_len(), g.out_len());
+    let [rd, rh, rw] = g.ranges();
+    let [_, ih, iw] = g.input;
+    let scale = T::from_f64(1.0 / g.window_size() as f64);
+    let mut out = vec![T::from_f64(0.0); g.volumes() * ol];
+    out.par_chunks_mut(ol).enumerate().for_each(|(v, out)| {
+        let x = &x[v * il..(v + 1) * il];
+        let mut j = 0;
+        for &(d0, d1) in &rd {
+            for &(h0, h1) in &rh {
+                for &(w0, w1) in &rw {
+                    let mut sum = T::from_f64(0.0);
+                    for d in d0..d1 {
+                        for h in h0..h1 {
+                            let row = (d * ih + h) * iw;
+                            for &val in &x[row + w0..row + w1] {
+                                sum += val;
+                            }
+                        }
+                    }
+                    out[j] = sum * scale;
+                    j += 1;
+                }
+            }
+        }
+    });
+    out
+}
+
+/// Spreads each `dy / window_size` over its window (padding positions dropped).
+fn avg_backward<T: Real>(dy: &[T], g: &Geometry) -> Vec<T> {
+    let (il, ol) = (g.in_len(), g.out_len());
+    let [rd, rh, rw] = g.ranges();
+    let [_, ih, iw] = g.input;
+    let scale = T::from_f64(1.0 / g.window_size() as f64);
+    let mut dx = vec![T::from_f64(0.0); g.volumes() * il];
+    dx.par_chunks_mut(il).enumerate().for_each(|(v, dx)| {
+        let dy = &dy[v * ol..(v + 1) * ol];
+        let mut j = 0;
+        for &(d0, d1) in &rd {
+            for &(h0, h1) in &rh {
+                for &(w0, w1) in &rw {
+                    let g = dy[j] * scale;
+                    j += 1;
+                    for d in d0..d1 {
+                        for h in h0..h1 {
+                            let row = (d * ih + h) * iw;
+                            for val in &mut dx[row + w0..row + w1] {
+                                *val += g;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    dx
+}
+
+/// Average pooling as a custom op.
+struct AvgPool3dOp {
+    geo: Geometry,
+}
+
+impl CustomOp1 for AvgPool3dOp {
+    fn name(&self) -> &'static str {
+        "avg_pool3d"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        dispatch!(s, self.name(), |T| {
+            let x = cpu_slice::<T>(s, l, self.name())?;
+            let out = avg_forward(x, &self.geo);
+            Ok((T::to_cpu_storage_owned(out), self.geo.out_shape()))
+        })
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let dx = match x.dtype() {
+            candle_core::DType::F32 => with_cpu_slice::<f32, _>(dy, self.name(), |dy| {
+                Tensor::from_vec(avg_backward(dy, &self.geo), x.shape(), x.device())
+            })?,
+            _ => with_cpu_slice::<f64, _>(dy, self.name(), |dy| {
+                Tensor::from_vec(avg_backward(dy, &self.geo), x.shape(), x.device())
+            })?,
+        };
+        Ok(Some(dx))
+    }
 }
 
 /// Average pooling of `x (N, C, D, H, W)` (zero padding counted in the average, PyTorch's
 /// default `count_include_pad = true`).
+///
+/// Same geometry, dtypes and errors as [`max_pool3d`]; in backward each output's gradient is
+/// spread as `dy / (kD·kH·kW)` over its window.
 pub fn avg_pool3d(
     x: &Tensor,
     kernel: [usize; 3],
     stride: [usize; 3],
     padding: [usize; 3],
 ) -> Result<Tensor> {
-    let _ = (x, kernel, stride, padding);
-    Err(unimplemented("avg_pool3d"))
+    let geo = Geometry::new("avg_pool3d", x, kernel, stride, padding)?;
+    Ok(x.contiguous()?.apply_op1(AvgPool3dOp { geo })?)
 }
 
-/// Adaptive average pooling to `1³`: `(N, C, D, H, W) → (N, C, 1, 1, 1)`.
+// ---------------------------------------------------------------------------------------------
+// Adaptive pooling to 1³.
+
+/// Adaptive average pooling to `1³`: `(N, C, D, H, W) → (N, C, 1, 1, 1)`, the mean over each
+/// volume (candle ops, autograd included). Errors: a non-5D, non-float or non-CPU input.
 pub fn adaptive_avg_pool3d_1(x: &Tensor) -> Result<Tensor> {
-    let _ = x;
-    Err(unimplemented("adaptive_avg_pool3d"))
+    let [n, c, ..] = check_volume("adaptive_avg_pool3d", x)?;
+    Ok(x.reshape((n, c, ()))?
+        .mean_keepdim(2)?
+        .reshape((n, c, 1, 1, 1))?)
 }
 
-/// Adaptive max pooling to `1³`: `(N, C, D, H, W) → (N, C, 1, 1, 1)`.
+/// Adaptive max pooling to `1³`: `(N, C, D, H, W) → (N, C, 1, 1, 1)`, the maximum of each
+/// volume; in backward the first maximum receives the gradient (PyTorch's rule, NaN counting
+/// as a maximum). Errors: a non-5D, non-float or non-CPU input.
 pub fn adaptive_max_pool3d_1(x: &Tensor) -> Result<Tensor> {
-    let _ = x;
-    Err(unimplemented("adaptive_max_pool3d"))
+    let [_, _, d, h, w] = check_volume("adaptive_max_pool3d", x)?;
+    let geo = Geometry::new("adaptive_max_pool3d", x, [d, h, w], [d, h, w], [0; 3])?;
+    let op = MaxPool3dOp {
+        geo,
+        argmax: OnceLock::new(),
+    };
+    Ok(x.contiguous()?.apply_op1(op)?)
 }

@@ -1,0 +1,100 @@
+//! Element types and storage access shared by the CPU kernels of the pooling and batch-norm
+//! ops.
+
+use candle_core::{CpuStorage, Layout, Storage, Tensor, WithDType};
+
+/// A float element type (f32 or f64) the pooling and batch-norm kernels run on.
+pub(crate) trait Real: WithDType {
+    /// −∞, the implicit padding value of max pooling.
+    const NEG_INFINITY: Self;
+    /// Whether the value is NaN.
+    fn is_nan(self) -> bool;
+}
+
+impl Real for f32 {
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f32::is_nan(self)
+    }
+}
+
+impl Real for f64 {
+    const NEG_INFINITY: Self = f64::NEG_INFINITY;
+    #[inline(always)]
+    fn is_nan(self) -> bool {
+        f64::is_nan(self)
+    }
+}
+
+/// The contiguous elements of a CPU storage seen through `layout`.
+pub(crate) fn cpu_slice<'a, T: WithDType>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &'static str,
+) -> candle_core::Result<&'a [T]> {
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        candle_core::bail!("{op}: the input must be contiguous");
+    };
+    Ok(&T::cpu_storage_as_slice(storage)?[start..end])
+}
+
+/// Runs `f` on the contiguous CPU elements of `t` (made contiguous first if needed).
+pub(crate) fn with_cpu_slice<T: WithDType, R>(
+    t: &Tensor,
+    op: &'static str,
+    f: impl FnOnce(&[T]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(cpu) => f(cpu_slice::<T>(cpu, layout, op)?),
+        _ => candle_core::bail!("{op}: only the CPU is supported"),
+    }
+}
+
+/// Checks that `x` is a 5D f32 or f64 tensor on the CPU and returns its dims.
+pub(crate) fn check_volume(op: &'static str, x: &Tensor) -> crate::Result<[usize; 5]> {
+    let dims: [usize; 5] = x.dims().try_into().map_err(|_| crate::Error::Input {
+        op,
+        problem: format!(
+            "expected a 5D input (N, C, D, H, W), got shape {:?}",
+            x.dims()
+        ),
+    })?;
+    if !matches!(x.dtype(), candle_core::DType::F32 | candle_core::DType::F64) {
+        return Err(crate::Error::Input {
+            op,
+            problem: format!("expected an f32 or f64 input, got {:?}", x.dtype()),
+        });
+    }
+    if !x.device().is_cpu() {
+        return Err(crate::Error::Input {
+            op,
+            problem: format!("only CPU tensors are supported, got {:?}", x.device()),
+        });
+    }
+    Ok(dims)
+}
+
+/// Calls `$body` with `$t` bound to the element type of the CPU storage `$s`.
+macro_rules! dispatch {
+    ($s:expr, $op:expr, |$t:ident| $body:expr) => {
+        match $s {
+            candle_core::CpuStorage::F32(_) => {
+                type $t = f32;
+                $body
+            }
+            candle_core::CpuStorage::F64(_) => {
+                type $t = f64;
+                $body
+            }
+            other => candle_core::bail!(
+                "{}: unsupported dtype {:?}",
+                $op,
+                candle_core::backend::BackendStorage::dtype(other)
+            ),
+        }
+    };
+}
+pub(crate) use dispatch;
