@@ -13,7 +13,8 @@
 //! depend on it.
 //!
 //! **Status: in progress.** Done: seeded initialisation ([`init`]), the [`Backbone`] trait,
-//! [`Mlp`]. The 3D ops ([`ops`]) and the 3D networks are being written (backbones issue).
+//! [`Mlp`], the networks ([`ResNet`], [`ResNetTruncated`], [`DenseNet`], [`AlexNet`]) and
+//! the 3D convolution and pools ([`ops`]); the fused 3D batch norm is being written.
 
 mod backbone;
 mod error;
