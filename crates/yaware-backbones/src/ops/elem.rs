@@ -39,17 +39,27 @@ pub(crate) fn cpu_slice<'a, T: WithDType>(
     Ok(&T::cpu_storage_as_slice(storage)?[start..end])
 }
 
-/// Runs `f` on the contiguous CPU elements of `t` (made contiguous first if needed).
-pub(crate) fn with_cpu_slice<T: WithDType, R>(
-    t: &Tensor,
+/// Runs `f` on the contiguous CPU elements of each tensor (made contiguous first if needed).
+pub(crate) fn with_cpu_slices<T: WithDType, R, const K: usize>(
+    tensors: [&Tensor; K],
     op: &'static str,
-    f: impl FnOnce(&[T]) -> candle_core::Result<R>,
+    f: impl FnOnce([&[T]; K]) -> candle_core::Result<R>,
 ) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (storage, layout) = t.storage_and_layout();
-    match &*storage {
-        Storage::Cpu(cpu) => f(cpu_slice::<T>(cpu, layout, op)?),
-        _ => candle_core::bail!("{op}: only the CPU is supported"),
+    let tensors = tensors
+        .iter()
+        .map(|t| t.contiguous())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
+    let mut slices = Vec::with_capacity(K);
+    for (storage, layout) in &guards {
+        match &**storage {
+            Storage::Cpu(cpu) => slices.push(cpu_slice::<T>(cpu, layout, op)?),
+            _ => candle_core::bail!("{op}: only the CPU is supported"),
+        }
+    }
+    match <[&[T]; K]>::try_from(slices) {
+        Ok(slices) => f(slices),
+        Err(_) => candle_core::bail!("{op}: internal error collecting {K} slices"),
     }
 }
 

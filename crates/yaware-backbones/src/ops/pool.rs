@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::elem::{Real, check_volume, cpu_slice, dispatch, with_cpu_slice};
+use super::elem::{Real, check_volume, cpu_slice, dispatch, with_cpu_slices};
 use crate::{Error, Result};
 
 /// Shape bookkeeping of one pooling call: `nc` volumes of `input` voxels, `output` windows.
@@ -212,10 +212,10 @@ impl CustomOp1 for MaxPool3dOp {
             candle_core::bail!("max_pool3d: backward before forward");
         };
         let dx = match x.dtype() {
-            candle_core::DType::F32 => with_cpu_slice::<f32, _>(dy, self.name(), |dy| {
+            candle_core::DType::F32 => with_cpu_slices::<f32, _, 1>([dy], self.name(), |[dy]| {
                 Tensor::from_vec(max_backward(dy, arg, &self.geo), x.shape(), x.device())
             })?,
-            _ => with_cpu_slice::<f64, _>(dy, self.name(), |dy| {
+            _ => with_cpu_slices::<f64, _, 1>([dy], self.name(), |[dy]| {
                 Tensor::from_vec(max_backward(dy, arg, &self.geo), x.shape(), x.device())
             })?,
         };
@@ -329,10 +329,10 @@ impl CustomOp1 for AvgPool3dOp {
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let dx = match x.dtype() {
-            candle_core::DType::F32 => with_cpu_slice::<f32, _>(dy, self.name(), |dy| {
+            candle_core::DType::F32 => with_cpu_slices::<f32, _, 1>([dy], self.name(), |[dy]| {
                 Tensor::from_vec(avg_backward(dy, &self.geo), x.shape(), x.device())
             })?,
-            _ => with_cpu_slice::<f64, _>(dy, self.name(), |dy| {
+            _ => with_cpu_slices::<f64, _, 1>([dy], self.name(), |[dy]| {
                 Tensor::from_vec(avg_backward(dy, &self.geo), x.shape(), x.device())
             })?,
         };
