@@ -12,9 +12,9 @@
 //! Place in the workspace: depends on candle only; `yaware-heads` and `yaware-estimator`
 //! depend on it.
 //!
-//! **Status: in progress.** Done: seeded initialisation ([`init`]), the [`Backbone`] trait,
-//! [`Mlp`], the networks ([`ResNet`], [`ResNetTruncated`], [`DenseNet`], [`AlexNet`]) and
-//! the 3D convolution and pools ([`ops`]); the fused 3D batch norm is being written.
+//! **Status:** seeded initialisation ([`init`]), the [`Backbone`] trait, [`Mlp`], the 3D ops
+//! ([`ops`]) and the networks ([`ResNet`], [`ResNetTruncated`], [`DenseNet`], [`AlexNet`]),
+//! ResNet-18 checked against the reference's golden outputs.
 
 mod backbone;
 mod error;

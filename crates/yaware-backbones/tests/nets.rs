@@ -677,7 +677,6 @@ fn exercise(config: BackboneConfig, x: &Tensor) {
 }
 
 #[test]
-#[ignore = "needs the 3D ops (conv3d, pooling, BatchNorm3d)"]
 fn small_resnets_forward_train_and_reload() {
     let x = volume((2, 2, 12, 10, 9), 1, DType::F64);
     for cfg in [
@@ -700,7 +699,6 @@ fn small_resnets_forward_train_and_reload() {
 }
 
 #[test]
-#[ignore = "needs the 3D ops (conv3d, pooling, BatchNorm3d)"]
 fn small_densenet_forward_train_and_reload() {
     let cfg = DenseNetConfig {
         growth_rate: 4,
@@ -718,7 +716,6 @@ fn small_densenet_forward_train_and_reload() {
 }
 
 #[test]
-#[ignore = "needs the 3D ops (conv3d, pooling, BatchNorm3d)"]
 fn alexnet_forward_train_and_reload() {
     // 33 voxels is the smallest side AlexNet accepts.
     let cfg = AlexNetConfig {
@@ -732,7 +729,6 @@ fn alexnet_forward_train_and_reload() {
 }
 
 #[test]
-#[ignore = "needs the 3D ops (conv3d, pooling, BatchNorm3d)"]
 fn truncated_is_the_body_of_the_full_network() {
     // The same seed draws the body's weights first, so a truncated depth-4 network and the full
     // one share them: pooling the feature map and applying the embedding gives the output.

@@ -136,7 +136,6 @@ fn arch_names_shapes_buffers_and_counts() {
 }
 
 #[test]
-#[ignore = "needs the 3D ops (conv3d, pooling, BatchNorm3d)"]
 fn arch_output_shapes_full_and_truncated() {
     let Some(arch) = arch() else { return };
     let mut checked = 0;
@@ -304,7 +303,6 @@ fn check_forwards(g: &Golden, net: &dyn Backbone, dtype: DType) {
 }
 
 #[test]
-#[ignore = "needs the 3D ops (conv3d, pooling, BatchNorm3d)"]
 fn hashinit_full_resnet18_forward() {
     let Some(g) = Golden::open("resnet18_hashinit.safetensors") else {
         return;
@@ -321,7 +319,6 @@ fn hashinit_full_resnet18_forward() {
 }
 
 #[test]
-#[ignore = "needs the 3D ops (conv3d, pooling, BatchNorm3d)"]
 fn trunc2_stored_weights_forward() {
     let Some(g) = Golden::open("resnet18_trunc2.safetensors") else {
         return;
