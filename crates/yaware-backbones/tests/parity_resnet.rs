@@ -91,8 +91,11 @@ fn n_embedding(entry: &Value) -> usize {
         .expect("embedding.weight in the architecture")
 }
 
+/// Names, shapes, dtypes and counts of the parameters and buffers, and the output shapes of
+/// the full network and of every truncation, for every architecture in the file (one build
+/// per architecture: the truncated networks load their weights from the full one).
 #[test]
-fn arch_names_shapes_buffers_and_counts() {
+fn arch_names_shapes_counts_and_output_shapes() {
     let Some(arch) = arch() else { return };
     let mut checked = 0;
     for (key, entry) in arch.as_object().unwrap() {
@@ -101,7 +104,7 @@ fn arch_names_shapes_buffers_and_counts() {
         }
         let vm = VarMap::new();
         let cfg = ResNetConfig::resnet18().with_n_embedding(n_embedding(entry));
-        ResNet::new(cfg, &vm, 0, DType::F32, &cpu()).unwrap();
+        let net = ResNet::new(cfg, &vm, 0, DType::F32, &cpu()).unwrap();
         let params = ours(trainable_vars(&vm));
         assert_eq!(params, entries(&entry["parameters"]), "{key}: parameters");
         assert_eq!(
@@ -130,54 +133,24 @@ fn arch_names_shapes_buffers_and_counts() {
             };
             assert_eq!(var.dtype(), want, "{key}: {name}");
         }
+
+        let x = Tensor::zeros(usizes(&entry["example_input_shape"]), DType::F32, &cpu()).unwrap();
+        let y = net.forward_t(&x, false).unwrap();
+        assert_eq!(y.dims(), usizes(&entry["example_output_shape"]), "{key}");
+        // The truncated shapes are for the (common) example input.
+        let trunc = arch["resnet18_trunc_output_shapes"].as_object().unwrap();
+        assert!(!trunc.is_empty());
+        for (depth_key, v) in trunc {
+            let depth: usize = depth_key.trim_start_matches("depth_").parse().unwrap();
+            let vb = VarBuilder::from_varmap(&vm, DType::F32, &cpu());
+            let net = ResNetTruncated::load(ResNetConfig::resnet18(), depth, vb).unwrap();
+            let y = net.forward_t(&x, false).unwrap();
+            assert_eq!(y.dims(), usizes(&v["output_shape"]), "{key}: {depth_key}");
+            assert_eq!(y.dim(1).unwrap(), net.output_dim(), "{key}: {depth_key}");
+        }
         checked += 1;
     }
     assert!(checked > 0, "no architecture in resnet18_arch.json");
-}
-
-#[test]
-fn arch_output_shapes_full_and_truncated() {
-    let Some(arch) = arch() else { return };
-    let mut checked = 0;
-    for (key, entry) in arch.as_object().unwrap() {
-        let Some(input) = entry.get("example_input_shape") else {
-            continue;
-        };
-        let x = Tensor::zeros(usizes(input), DType::F32, &cpu()).unwrap();
-        let vm = VarMap::new();
-        let cfg = ResNetConfig::resnet18().with_n_embedding(n_embedding(entry));
-        let net = ResNet::new(cfg, &vm, 0, DType::F32, &cpu()).unwrap();
-        let y = net.forward_t(&x, false).unwrap();
-        assert_eq!(y.dims(), usizes(&entry["example_output_shape"]), "{key}");
-        checked += 1;
-    }
-    assert!(checked > 0);
-    // The truncated shapes are for the (common) example input.
-    let input = arch
-        .as_object()
-        .unwrap()
-        .values()
-        .find_map(|e| e.get("example_input_shape"))
-        .map(usizes)
-        .unwrap();
-    let x = Tensor::zeros(input, DType::F32, &cpu()).unwrap();
-    let trunc = arch["resnet18_trunc_output_shapes"].as_object().unwrap();
-    assert!(!trunc.is_empty());
-    for (key, v) in trunc {
-        let depth: usize = key.trim_start_matches("depth_").parse().unwrap();
-        let net = ResNetTruncated::new(
-            ResNetConfig::resnet18(),
-            depth,
-            &VarMap::new(),
-            0,
-            DType::F32,
-            &cpu(),
-        )
-        .unwrap();
-        let y = net.forward_t(&x, false).unwrap();
-        assert_eq!(y.dims(), usizes(&v["output_shape"]), "{key}");
-        assert_eq!(y.dim(1).unwrap(), net.output_dim(), "{key}");
-    }
 }
 
 /// A tensor built with the documented SplitMix64 formula (rule evaluated in f64, rounded to
