@@ -74,6 +74,91 @@ pub fn linear_default(
     Ok((w, b))
 }
 
+/// Which fan a Kaiming initialisation scales by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FanMode {
+    /// `in_channels · receptive field` (`shape[1] · prod(shape[2..])`), PyTorch's default.
+    FanIn,
+    /// `out_channels · receptive field` (`shape[0] · prod(shape[2..])`).
+    FanOut,
+}
+
+/// `(fan_in, fan_out)` of a weight of shape `(out, in, k…)`, as PyTorch computes them; `None`
+/// for a tensor of fewer than two dimensions.
+pub fn fans(shape: &[usize]) -> Option<(usize, usize)> {
+    if shape.len() < 2 {
+        return None;
+    }
+    let receptive: usize = shape[2..].iter().product();
+    Some((shape[1] * receptive, shape[0] * receptive))
+}
+
+impl SeededRng {
+    /// A tensor of `N(mean, std²)` values (one [`SeededRng::normal`] draw per element, in
+    /// row-major order).
+    pub fn normal_tensor(
+        &mut self,
+        shape: impl Into<Shape>,
+        mean: f64,
+        std: f64,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
+        let shape = shape.into();
+        let data: Vec<f64> = (0..shape.elem_count())
+            .map(|_| mean + std * self.normal())
+            .collect();
+        Tensor::from_vec(data, shape, device)?.to_dtype(dtype)
+    }
+}
+
+/// PyTorch's `kaiming_normal_(w, mode, nonlinearity="relu")` (also its default
+/// `leaky_relu` with slope 0): `N(0, 2 / fan)` for a weight of shape `(out, in, k…)`.
+pub fn kaiming_normal(
+    rng: &mut SeededRng,
+    shape: &[usize],
+    mode: FanMode,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let (fan_in, fan_out) = fans(shape).ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "kaiming_normal needs a weight of at least 2 dimensions, got shape {shape:?}"
+        ))
+    })?;
+    let fan = match mode {
+        FanMode::FanIn => fan_in,
+        FanMode::FanOut => fan_out,
+    };
+    let std = (2.0 / fan.max(1) as f64).sqrt();
+    rng.normal_tensor(shape, 0.0, std, dtype, device)
+}
+
+/// PyTorch's default initialisation of a convolution (and of a linear layer): weight
+/// `kaiming_uniform(a = √5)` = `U(±1/√fan_in)`, bias `U(±1/√fan_in)`. Returns
+/// `(weight, bias)` for a weight of shape `(out, in, k…)`.
+pub fn conv_default(
+    rng: &mut SeededRng,
+    shape: &[usize],
+    bias: bool,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (fan_in, _) = fans(shape).ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "conv_default needs a weight of at least 2 dimensions, got shape {shape:?}"
+        ))
+    })?;
+    let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+    let w = rng.uniform_tensor(shape, -bound, bound, dtype, device)?;
+    let b = if bias {
+        Some(rng.uniform_tensor(shape[0], -bound, bound, dtype, device)?)
+    } else {
+        None
+    };
+    Ok((w, b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +197,41 @@ mod tests {
             assert!(v.abs() <= bound);
         }
         assert_eq!(b.unwrap().dims(), &[4]);
+    }
+    #[test]
+    fn fans_and_kaiming_normal_std() {
+        assert_eq!(fans(&[8, 4, 3, 3, 3]), Some((108, 216)));
+        assert_eq!(fans(&[5, 7]), Some((7, 5)));
+        assert_eq!(fans(&[5]), None);
+        let mut r = SeededRng::new(11);
+        let shape = [64, 32, 3, 3, 3];
+        for (mode, fan) in [
+            (FanMode::FanIn, 32.0 * 27.0),
+            (FanMode::FanOut, 64.0 * 27.0),
+        ] {
+            let w = kaiming_normal(&mut r, &shape, mode, DType::F64, &Device::Cpu).unwrap();
+            let v = w.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let n = v.len() as f64;
+            let mean = v.iter().sum::<f64>() / n;
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n;
+            let want: f64 = 2.0 / fan;
+            assert!(mean.abs() < 0.05 * want.sqrt(), "{mean}");
+            assert!((var / want - 1.0).abs() < 0.03, "{var} vs {want}");
+        }
+        assert!(kaiming_normal(&mut r, &[4], FanMode::FanIn, DType::F32, &Device::Cpu).is_err());
+    }
+
+    #[test]
+    fn conv_default_bounds() {
+        let mut r = SeededRng::new(5);
+        let (w, b) =
+            conv_default(&mut r, &[6, 2, 2, 2, 2], true, DType::F32, &Device::Cpu).unwrap();
+        let bound = 1.0 / 4.0f32; // fan_in = 2 · 8 = 16
+        let wv = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(wv.iter().all(|v| v.abs() <= bound));
+        assert!(wv.iter().any(|v| v.abs() > 0.5 * bound));
+        assert_eq!(b.unwrap().dims(), &[6]);
+        let (_, none) = conv_default(&mut r, &[6, 2, 1], false, DType::F32, &Device::Cpu).unwrap();
+        assert!(none.is_none());
     }
 }

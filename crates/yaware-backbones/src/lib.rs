@@ -12,8 +12,9 @@
 //! Place in the workspace: depends on candle only; `yaware-heads` and `yaware-estimator`
 //! depend on it.
 //!
-//! **Status: in progress.** Done: seeded initialisation ([`init`]), the [`Backbone`] trait,
-//! [`Mlp`]. The 3D ops ([`ops`]) and the 3D networks are being written (backbones issue).
+//! **Status:** seeded initialisation ([`init`]), the [`Backbone`] trait, [`Mlp`], the 3D ops
+//! ([`ops`]) and the networks ([`ResNet`], [`ResNetTruncated`], [`DenseNet`], [`AlexNet`]),
+//! ResNet-18 checked against the reference's golden outputs.
 
 mod backbone;
 mod error;
@@ -23,4 +24,7 @@ pub mod ops;
 
 pub use backbone::{Backbone, buffer_vars, is_buffer_name, trainable_vars};
 pub use error::{Error, Result};
-pub use nets::{Activation, BackboneConfig, Mlp, MlpConfig};
+pub use nets::{
+    Activation, AlexNet, AlexNetConfig, BackboneConfig, DenseNet, DenseNetConfig, Mlp, MlpConfig,
+    ResNet, ResNetBlock, ResNetConfig, ResNetTruncated,
+};
