@@ -1,0 +1,1 @@
+//! Representation metrics (SPEC §7.3).

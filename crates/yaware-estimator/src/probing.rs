@@ -1,0 +1,1 @@
+//! Probing (SPEC §7.2).
