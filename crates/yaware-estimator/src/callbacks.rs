@@ -297,6 +297,12 @@ impl ModelCheckpoint {
         }
     }
 
+    /// The same, also saving `last` after every `n`-th optimizer step (mid-epoch).
+    pub fn every_n_train_steps(mut self, n: u64) -> Self {
+        self.every_n_train_steps = Some(n);
+        self
+    }
+
     /// The kept checkpoints, best first, with their monitored values.
     pub fn best_checkpoints(&self) -> &[(f64, PathBuf)] {
         &self.best
