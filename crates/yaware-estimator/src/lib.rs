@@ -27,8 +27,10 @@ pub use config::{
     OptimizerKwargs, OptimizerName, PlateauModeSpec, Precision, YAwareConfig,
 };
 pub use error::{Error, Result};
+pub use metrics::{Metric, MetricsCallback};
 pub use model::{
     ConfiguredScheduler, ProjectionModule, StepOutput, YAwareBuilder, YAwareContrastiveLearning,
 };
+pub use probing::{ModelProbing, ModelProbingCallback, Probe};
 pub use source::BatchSource;
 pub use trainer::{History, MetricRecord, TrainerState};

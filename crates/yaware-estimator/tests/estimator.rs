@@ -883,3 +883,64 @@ fn gradient_accumulation_and_clipping() {
     let want = 1e-3 * before / (before + 1e-6);
     assert!((after - want).abs() < 1e-15, "{after} vs {want}");
 }
+
+#[test]
+fn metrics_and_probing_callbacks_log_during_fit() {
+    use yaware_estimator::{Metric, MetricsCallback, ModelProbingCallback, Probe};
+    let (x, train) = data(false);
+    let age: Vec<f32> = (0..20).map(|i| i as f32).collect();
+    let age = Tensor::new(age, &Device::Cpu).unwrap();
+    let probe_data: Vec<(Tensor, Tensor)> = (0..10)
+        .map(|k| {
+            (
+                x.narrow(0, 2 * k, 2).unwrap(),
+                age.narrow(0, 2 * k, 2).unwrap(),
+            )
+        })
+        .collect();
+    let metrics = MetricsCallback::new(
+        vec![
+            Metric::Alignment,
+            Metric::Uniformity,
+            Metric::ContrastiveAccuracy(1),
+        ],
+        Some(5),
+        true,
+    )
+    .unwrap();
+    let probing = ModelProbingCallback::new(
+        probe_data.clone(),
+        probe_data,
+        Probe::Ridge { alpha: 1.0 },
+        1,
+        "age_",
+    )
+    .unwrap();
+    let mut m = YAwareContrastiveLearning::builder(base_config())
+        .callback(Box::new(metrics))
+        .callback(Box::new(probing))
+        .build()
+        .unwrap();
+    m.fit(&train, Some(&train[..2].to_vec())).unwrap();
+    let logged = &m.trainer_state().logged;
+    for k in [
+        "alignment/train",
+        "uniformity/train",
+        "contrastive_accuracy_top1/train",
+        "alignment/val",
+        "age_test_r2",
+        "age_test_mae",
+    ] {
+        assert!(
+            logged.get(k).is_some_and(|v| v.is_finite()),
+            "{k}: {logged:?}"
+        );
+    }
+    let n_align = m
+        .trainer_state()
+        .records
+        .iter()
+        .filter(|r| r.name == "alignment/train")
+        .count();
+    assert_eq!(n_align, 4, "every 5 of 20 batches");
+}
