@@ -21,7 +21,7 @@
 //! on_fit_end
 //! ```
 //!
-//! A hook returning [`Control::Stop`](crate::Control::Stop) stops training after the current
+//! A hook returning [`Control::Stop`] stops training after the current
 //! batch (batch hooks) or epoch. Unlike Lightning, epoch-interval schedulers step *before*
 //! `on_train_epoch_end`, so a checkpoint written there holds the state the next epoch starts
 //! from (resuming is then exact).
