@@ -12,7 +12,9 @@
 //! [`TwoViewLoader`], `.npy` volumes with `participants.tsv` targets ([`NpyDataset`], the
 //! OpenBHB layout), folders of NIfTI volumes with BIDS `participants.tsv` meta-data
 //! ([`NiftiDataset`]), and, behind the optional `candle-datasets` feature, batching with
-//! candle-datasets' `Batcher` exist so far; tabular features come next.
+//! candle-datasets' `Batcher`, and tabular features (CSV / TSV rows, e.g. ROI volumes, for an
+//! MLP encoder) with their own two-view loader ([`TabularDataset`], [`TabularLoader`]) exist so
+//! far.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -34,6 +36,7 @@ mod error;
 mod loader;
 mod nii;
 mod npy;
+mod tabular;
 mod two_view;
 
 pub use batch::{BatchItem, BatchProblem, parse_two_views_batch};
@@ -41,4 +44,7 @@ pub use error::{Error, Result};
 pub use loader::{Dataset, Epoch, InMemoryDataset, LoaderConfig, Sample, TwoViewLoader};
 pub use nii::{NiftiDataset, NiftiOptions};
 pub use npy::{NpyDataset, NpyVolumes, SkipReport, Table, write_npy};
+pub use tabular::{
+    FeatureColumns, TabularDataset, TabularLoader, TabularOptions, VectorCompose, VectorTransform,
+};
 pub use two_view::TwoViewBatch;

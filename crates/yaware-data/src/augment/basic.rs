@@ -72,8 +72,8 @@ impl Transform for RandomFlip {
 /// reference's `RandomGaussianNoise`; defaults mean 0, std in (0.1, 1.0)).
 #[derive(Debug, Clone)]
 pub struct RandomGaussianNoise {
-    mean: (f64, f64),
-    std: (f64, f64),
+    pub(crate) mean: (f64, f64),
+    pub(crate) std: (f64, f64),
 }
 
 impl RandomGaussianNoise {
