@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-pub use basic::{CropOrPad, RandomFlip, RandomGaussianNoise, VoxelMask, ZNormalization};
+pub use basic::{CropOrPad, PadMode, RandomFlip, RandomGaussianNoise, VoxelMask, ZNormalization};
 pub use erasing::{EraseValue, RandomErasing};
 pub use resize::{
     PaperCrop, PaperCutout, PaperFlip, RandomResizedCrop, Resize, paper_all_tf, paper_cutout,
