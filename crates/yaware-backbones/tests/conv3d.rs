@@ -247,6 +247,13 @@ fn cases() -> Vec<Case> {
                 .with_padding([1, 0, 2])
                 .with_dilation([2, 1, 1]),
         },
+        // Stride 1 without padding (the transposed input gradient pads by k − 1).
+        Case::new([2, 2, 6, 5, 7], 3, 3, 1, 0),
+        // W smaller than the stride along W, with padding.
+        Case {
+            params: Conv3dParams::new(1, 1).with_stride([1, 2, 3]),
+            ..Case::new([1, 2, 5, 4, 2], 3, 3, 1, 1)
+        },
         // Many tiles, some spanning two samples.
         Case::new([3, 2, 9, 9, 9], 3, 3, 1, 1),
         Case::new([3, 4, 9, 9, 9], 3, 1, 1, 0),
@@ -266,7 +273,7 @@ fn matches_naive_forward_and_gradients() {
 #[test]
 fn matches_naive_with_one_and_three_threads() {
     // The tiling depends on the thread count (groups of tiles, round sizes, parallel gemm).
-    let picks = [0, 1, 8, 9, 10];
+    let picks = [0, 1, 10, 11, 12];
     for threads in [1, 3] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

@@ -2,16 +2,19 @@
 //!
 //! Data for y-Aware pre-training: two-view batches, 3D augmentations, datasets and loaders.
 //!
-//! Place in the workspace: depends on candle only, CPU-side and model-agnostic;
-//! `yaware-estimator` depends on it.
+//! Place in the workspace: depends on candle (and the `nifti` crate to read NIfTI files) only,
+//! CPU-side and model-agnostic; `yaware-estimator` depends on it.
 //!
 //! **Status: partial.** [`TwoViewBatch`], the parser of the reference's batch shapes
 //! ([`parse_two_views_batch`] over [`BatchItem`]), the first augmentations ([`augment`]: flip,
 //! noise, erasing, z-normalisation, crop-or-pad, composition, random application, multiple
 //! views, the paper's presets), an in-memory [`Dataset`] and the parallel, prefetching
 //! [`TwoViewLoader`], `.npy` volumes with `participants.tsv` targets ([`NpyDataset`], the
-//! OpenBHB layout), and, behind the optional `candle-datasets` feature, batching with
-//! candle-datasets' `Batcher` exist so far; NIfTI folders and tabular features come next.
+//! OpenBHB layout), folders of NIfTI volumes with BIDS `participants.tsv` meta-data
+//! ([`NiftiDataset`]), and, behind the optional `candle-datasets` feature, batching with
+//! candle-datasets' `Batcher`, and tabular features (CSV / TSV rows, e.g. ROI volumes, for an
+//! MLP encoder) with their own two-view loader ([`TabularDataset`], [`TabularLoader`]) exist so
+//! far.
 //!
 //! ```
 //! use candle_core::{DType, Device, Tensor};
@@ -31,11 +34,17 @@ mod batch;
 pub mod batcher;
 mod error;
 mod loader;
+mod nii;
 mod npy;
+mod tabular;
 mod two_view;
 
 pub use batch::{BatchItem, BatchProblem, parse_two_views_batch};
 pub use error::{Error, Result};
 pub use loader::{Dataset, Epoch, InMemoryDataset, LoaderConfig, Sample, TwoViewLoader};
+pub use nii::{NiftiDataset, NiftiOptions};
 pub use npy::{NpyDataset, NpyVolumes, SkipReport, Table, write_npy};
+pub use tabular::{
+    FeatureColumns, TabularDataset, TabularLoader, TabularOptions, VectorCompose, VectorTransform,
+};
 pub use two_view::TwoViewBatch;

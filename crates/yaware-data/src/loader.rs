@@ -143,13 +143,7 @@ pub struct TwoViewLoader<D, T> {
 impl<D: Dataset + 'static, T: Transform + 'static> TwoViewLoader<D, T> {
     /// A loader over `dataset` with the augmentation `transform` (two views per sample).
     pub fn new(dataset: D, transform: T, config: LoaderConfig) -> Result<Self> {
-        if config.batch_size == 0 {
-            return Err(Error::InvalidParam {
-                name: "batch_size",
-                value: "0".into(),
-                rule: "must be > 0",
-            });
-        }
+        check_batch_size(&config)?;
         Ok(Self {
             dataset: Arc::new(dataset),
             views: Arc::new(MultiViews::new(transform)),
@@ -159,12 +153,7 @@ impl<D: Dataset + 'static, T: Transform + 'static> TwoViewLoader<D, T> {
 
     /// Number of batches in an epoch.
     pub fn len(&self) -> usize {
-        let (n, b) = (self.dataset.len(), self.config.batch_size);
-        if self.config.drop_last {
-            n / b
-        } else {
-            n.div_ceil(b)
-        }
+        epoch_len(self.dataset.len(), &self.config)
     }
 
     /// Whether an epoch has no batch.
@@ -174,53 +163,64 @@ impl<D: Dataset + 'static, T: Transform + 'static> TwoViewLoader<D, T> {
 
     /// The sample order of `epoch` (a seeded Fisher–Yates shuffle, or the identity).
     pub fn order(&self, epoch: u64) -> Vec<usize> {
-        let mut order: Vec<usize> = (0..self.dataset.len()).collect();
-        if self.config.shuffle {
-            let mut rng = SampleRng::new(self.config.seed, epoch, u64::MAX, u64::MAX);
-            for i in (1..order.len()).rev() {
-                order.swap(i, rng.int_inclusive(i));
-            }
-        }
-        order
+        epoch_order(self.dataset.len(), &self.config, epoch)
     }
 
     /// The batches of `epoch`, prepared `prefetch` batches ahead on a background thread.
     pub fn epoch(&self, epoch: u64) -> Epoch {
-        let order = self.order(epoch);
-        let chunks: Vec<Vec<usize>> = order
-            .chunks(self.config.batch_size)
-            .filter(|c| !self.config.drop_last || c.len() == self.config.batch_size)
-            .map(<[usize]>::to_vec)
-            .collect();
         let (dataset, views, seed) = (
             Arc::clone(&self.dataset),
             Arc::clone(&self.views),
             self.config.seed,
         );
-        let build = move |indices: &[usize]| build_batch(&*dataset, &views, seed, epoch, indices);
-        if self.config.prefetch == 0 {
-            let batches: Box<dyn Iterator<Item = Result<TwoViewBatch>> + Send> =
-                Box::new(chunks.into_iter().map(move |c| build(&c)));
-            return Epoch {
-                inner: EpochInner::Inline(batches),
-            };
-        }
-        let (tx, rx) = sync_channel(self.config.prefetch);
-        let handle = std::thread::spawn(move || {
-            for c in chunks {
-                // A dropped receiver ends the epoch early.
-                if tx.send(build(&c)).is_err() {
-                    break;
-                }
-            }
-        });
-        Epoch {
-            inner: EpochInner::Prefetch {
-                rx,
-                handle: Some(handle),
-            },
+        Epoch::new(
+            epoch_chunks(self.order(epoch), &self.config),
+            self.config.prefetch,
+            move |indices: &[usize]| build_batch(&*dataset, &views, seed, epoch, indices),
+        )
+    }
+}
+
+/// Number of batches of `n` samples in an epoch.
+pub(crate) fn epoch_len(n: usize, config: &LoaderConfig) -> usize {
+    if config.drop_last {
+        n / config.batch_size
+    } else {
+        n.div_ceil(config.batch_size)
+    }
+}
+
+/// The sample order of `epoch`: a Fisher–Yates shuffle seeded by `(config.seed, epoch)`, or the
+/// identity.
+pub(crate) fn epoch_order(n: usize, config: &LoaderConfig, epoch: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    if config.shuffle {
+        let mut rng = SampleRng::new(config.seed, epoch, u64::MAX, u64::MAX);
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.int_inclusive(i));
         }
     }
+    order
+}
+
+/// `order` cut into batches, the incomplete last one dropped if `config.drop_last`.
+pub(crate) fn epoch_chunks(order: Vec<usize>, config: &LoaderConfig) -> Vec<Vec<usize>> {
+    order
+        .chunks(config.batch_size)
+        .filter(|c| !config.drop_last || c.len() == config.batch_size)
+        .map(<[usize]>::to_vec)
+        .collect()
+}
+
+pub(crate) fn check_batch_size(config: &LoaderConfig) -> Result<()> {
+    if config.batch_size == 0 {
+        return Err(Error::InvalidParam {
+            name: "batch_size",
+            value: "0".into(),
+            rule: "must be > 0",
+        });
+    }
+    Ok(())
 }
 
 /// Builds one batch: samples read and augmented in parallel, then stacked.
@@ -245,23 +245,18 @@ fn build_batch<D: Dataset, T: Transform>(
             .collect::<Result<_>>()?;
         Ok(Tensor::stack(&vs, 0)?)
     };
-    let y = match samples
-        .iter()
-        .map(|(_, t)| t.clone())
-        .collect::<Option<Vec<Vec<f64>>>>()
-    {
-        Some(rows) => {
-            let width = rows.first().map_or(0, Vec::len);
-            let flat: Vec<f32> = rows.into_iter().flatten().map(|v| v as f32).collect();
-            Some(Tensor::from_vec(
-                flat,
-                (indices.len(), width),
-                &Device::Cpu,
-            )?)
-        }
-        None => None,
-    };
+    let y = targets_tensor(samples.iter().map(|(_, t)| t.clone()).collect())?;
     TwoViewBatch::new(stack(0)?, stack(1)?, y)
+}
+
+/// The targets of a batch as an `(N, F)` f32 tensor, or `None` if a sample has none.
+pub(crate) fn targets_tensor(rows: Option<Vec<Vec<f64>>>) -> Result<Option<Tensor>> {
+    let Some(rows) = rows else {
+        return Ok(None);
+    };
+    let (n, width) = (rows.len(), rows.first().map_or(0, Vec::len));
+    let flat: Vec<f32> = rows.into_iter().flatten().map(|v| v as f32).collect();
+    Ok(Some(Tensor::from_vec(flat, (n, width), &Device::Cpu)?))
 }
 
 enum EpochInner {
@@ -275,6 +270,39 @@ enum EpochInner {
 /// The batches of one epoch, in order.
 pub struct Epoch {
     inner: EpochInner,
+}
+
+impl Epoch {
+    /// The batches `build(chunk)` of every chunk, built on demand (`prefetch` 0) or up to
+    /// `prefetch` ahead on a background thread.
+    pub(crate) fn new(
+        chunks: Vec<Vec<usize>>,
+        prefetch: usize,
+        build: impl Fn(&[usize]) -> Result<TwoViewBatch> + Send + 'static,
+    ) -> Self {
+        if prefetch == 0 {
+            let batches: Box<dyn Iterator<Item = Result<TwoViewBatch>> + Send> =
+                Box::new(chunks.into_iter().map(move |c| build(&c)));
+            return Epoch {
+                inner: EpochInner::Inline(batches),
+            };
+        }
+        let (tx, rx) = sync_channel(prefetch);
+        let handle = std::thread::spawn(move || {
+            for c in chunks {
+                // A dropped receiver ends the epoch early.
+                if tx.send(build(&c)).is_err() {
+                    break;
+                }
+            }
+        });
+        Epoch {
+            inner: EpochInner::Prefetch {
+                rx,
+                handle: Some(handle),
+            },
+        }
+    }
 }
 
 impl Iterator for Epoch {

@@ -292,8 +292,13 @@ impl Table {
         &self.columns
     }
 
+    /// The cell of data row `i` (0-based) in column `j`.
+    pub(crate) fn cell(&self, i: usize, j: usize) -> &str {
+        &self.rows[i][j]
+    }
+
     /// The index of column `name`; a missing column lists the existing ones.
-    fn column_index(&self, name: &str) -> Result<usize> {
+    pub(crate) fn column_index(&self, name: &str) -> Result<usize> {
         self.columns.iter().position(|c| c == name).ok_or_else(|| {
             file_error(
                 &self.path,
@@ -303,7 +308,7 @@ impl Table {
     }
 
     /// The finite number in row `i` (0-based data row) of column `j`, or what is wrong with it.
-    fn number(&self, i: usize, j: usize) -> std::result::Result<f64, String> {
+    pub(crate) fn number(&self, i: usize, j: usize) -> std::result::Result<f64, String> {
         let (name, cell) = (&self.columns[j], &self.rows[i][j]);
         match cell.parse::<f64>() {
             Ok(v) if v.is_finite() => Ok(v),

@@ -5,8 +5,8 @@ use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 use yaware_data::Error;
 use yaware_data::augment::{
-    Compose, CropOrPad, EraseValue, KeepShape, MultiViews, PaperCrop, PaperCutout, PaperFlip,
-    RandomApply, RandomErasing, RandomFlip, RandomGaussianBlur, RandomGaussianNoise,
+    Compose, CropOrPad, EraseValue, KeepShape, MultiViews, PadMode, PaperCrop, PaperCutout,
+    PaperFlip, RandomApply, RandomErasing, RandomFlip, RandomGaussianBlur, RandomGaussianNoise,
     RandomResizedCrop, RandomRotation, Resize, RobustRescaling, SampleRng, Transform, Volume,
     ZNormalization, paper_all_tf, paper_cutout,
 };
@@ -306,6 +306,106 @@ fn crop_or_pad_centres() {
         )
         .unwrap();
     assert_eq!(round_trip, big);
+}
+
+/// `values` along spatial `axis` of a one-channel volume, padded to `out` along that axis.
+fn pad_1d(values: &[f32], axis: usize, out: usize, mode: PadMode) -> Vec<f32> {
+    let mut shape = [1, 1, 1, 1];
+    shape[axis + 1] = values.len();
+    let mut target = [1, 1, 1];
+    target[axis] = out;
+    let v = Volume::new(shape, values.to_vec()).unwrap();
+    let padded = CropOrPad::with_mode(target, mode)
+        .unwrap()
+        .apply(v, &mut rng(0))
+        .unwrap();
+    assert_eq!(padded.spatial(), target);
+    padded.data().to_vec()
+}
+
+#[test]
+fn pad_modes_follow_numpy() {
+    // numpy's `np.pad([1, 2, 3, 4, 5], (2, 3), mode)` documentation examples (CropOrPad to 10
+    // pads 2 before and 3 after), along each axis.
+    let a = [1.0, 2.0, 3.0, 4.0, 5.0];
+    let cases = [
+        (
+            PadMode::Constant(-1.0),
+            [-1., -1., 1., 2., 3., 4., 5., -1., -1., -1.],
+        ),
+        (PadMode::Edge, [1., 1., 1., 2., 3., 4., 5., 5., 5., 5.]),
+        (PadMode::Reflect, [3., 2., 1., 2., 3., 4., 5., 4., 3., 2.]),
+        (PadMode::Symmetric, [2., 1., 1., 2., 3., 4., 5., 5., 4., 3.]),
+        (PadMode::Wrap, [4., 5., 1., 2., 3., 4., 5., 1., 2., 3.]),
+    ];
+    for (mode, expected) in cases {
+        for axis in 0..3 {
+            assert_eq!(
+                pad_1d(&a, axis, 10, mode),
+                expected,
+                "{mode:?} along axis {axis}"
+            );
+        }
+    }
+    // Pads wider than the input: numpy pads again from what it padded, i.e. the periodic
+    // extension of one reflection (hand-computed for [1, 2, 3] padded by 5 on each side).
+    let b = [1.0, 2.0, 3.0];
+    let wide = [
+        (
+            PadMode::Reflect,
+            [2., 1., 2., 3., 2., 1., 2., 3., 2., 1., 2., 3., 2.],
+        ),
+        (
+            PadMode::Symmetric,
+            [2., 3., 3., 2., 1., 1., 2., 3., 3., 2., 1., 1., 2.],
+        ),
+        (
+            PadMode::Wrap,
+            [2., 3., 1., 2., 3., 1., 2., 3., 1., 2., 3., 1., 2.],
+        ),
+        (
+            PadMode::Edge,
+            [1., 1., 1., 1., 1., 1., 2., 3., 3., 3., 3., 3., 3.],
+        ),
+    ];
+    for (mode, expected) in wide {
+        assert_eq!(pad_1d(&b, 2, 13, mode), expected, "{mode:?}");
+    }
+    // `reflect` on an axis of size 1 repeats the voxel, as numpy.
+    assert_eq!(pad_1d(&[7.0], 1, 4, PadMode::Reflect), [7.0; 4]);
+    assert_eq!(pad_1d(&[7.0], 1, 4, PadMode::Symmetric), [7.0; 4]);
+}
+
+#[test]
+fn pad_modes_combine_axis_by_axis_and_mix_with_crops() {
+    // np.pad([[1, 2], [3, 4]], 1, mode): the corners come from padding one axis, then the other.
+    let v = Volume::new([1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+    let pad = |mode| {
+        CropOrPad::with_mode([1, 4, 4], mode)
+            .unwrap()
+            .apply(v.clone(), &mut rng(0))
+            .unwrap()
+            .data()
+            .to_vec()
+    };
+    #[rustfmt::skip]
+    let edge = [1., 1., 2., 2.,  1., 1., 2., 2.,  3., 3., 4., 4.,  3., 3., 4., 4.];
+    #[rustfmt::skip]
+    let reflect = [4., 3., 4., 3.,  2., 1., 2., 1.,  4., 3., 4., 3.,  2., 1., 2., 1.];
+    #[rustfmt::skip]
+    let constant = [0., 0., 0., 0.,  0., 1., 2., 0.,  0., 3., 4., 0.,  0., 0., 0., 0.];
+    assert_eq!(pad(PadMode::Edge), edge);
+    assert_eq!(pad(PadMode::Reflect), reflect);
+    assert_eq!(pad(PadMode::Constant(0.0)), constant);
+    // Two channels, a crop along D (4 → 2: planes 1 and 2) and an edge pad along W (1 → 3).
+    let v = Volume::new([2, 4, 1, 1], vec![1., 2., 3., 4., 5., 6., 7., 8.]).unwrap();
+    let out = CropOrPad::with_mode([2, 1, 3], PadMode::Edge)
+        .unwrap()
+        .apply(v, &mut rng(0))
+        .unwrap();
+    assert_eq!(out.shape(), [2, 2, 1, 3]);
+    assert_eq!(out.data(), [2., 2., 2., 3., 3., 3., 6., 6., 6., 7., 7., 7.]);
+    assert!(CropOrPad::with_mode([1, 0, 1], PadMode::Wrap).is_err());
 }
 
 #[test]

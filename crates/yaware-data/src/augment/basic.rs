@@ -72,8 +72,8 @@ impl Transform for RandomFlip {
 /// reference's `RandomGaussianNoise`; defaults mean 0, std in (0.1, 1.0)).
 #[derive(Debug, Clone)]
 pub struct RandomGaussianNoise {
-    mean: (f64, f64),
-    std: (f64, f64),
+    pub(crate) mean: (f64, f64),
+    pub(crate) std: (f64, f64),
 }
 
 impl RandomGaussianNoise {
@@ -195,17 +195,68 @@ impl Transform for ZNormalization {
     }
 }
 
-/// Centres the volume in `target_shape` (D, H, W): pads with `value` (before = (out − in)/2,
-/// after = the rest) and crops (start = (in − out)/2), per axis.
+/// How [`CropOrPad`] fills the voxels it adds: numpy's `np.pad` modes, applied axis by axis
+/// (so corners combine the modes of their axes as numpy's do). Shown on `a b c d` padded by 2.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PadMode {
+    /// A constant (`constant`, `constant_values=value`): `v v | a b c d | v v`.
+    Constant(f32),
+    /// The edge voxel repeated (`edge`): `a a | a b c d | d d`.
+    Edge,
+    /// Mirrored about the edge voxel, which is not repeated (`reflect`, the default
+    /// `reflect_type="even"`): `c b | a b c d | c b`; periodic beyond one reflection, and like
+    /// `edge` on an axis of size 1, as numpy.
+    Reflect,
+    /// Mirrored about the edge, which is repeated (`symmetric`): `b a | a b c d | d c`.
+    Symmetric,
+    /// Periodic (`wrap`): `c d | a b c d | a b`.
+    Wrap,
+}
+
+impl PadMode {
+    /// The input index giving output voxel `s` (an input coordinate, possibly outside
+    /// `[0, n)`), or `None` for the constant.
+    fn source(self, s: isize, n: usize) -> Option<usize> {
+        let n = n as isize;
+        if (0..n).contains(&s) {
+            return Some(s as usize);
+        }
+        let i = match self {
+            PadMode::Constant(_) => return None,
+            PadMode::Edge => s.clamp(0, n - 1),
+            PadMode::Reflect if n == 1 => 0,
+            PadMode::Reflect => {
+                let period = 2 * (n - 1);
+                let m = s.rem_euclid(period);
+                if m < n { m } else { period - m }
+            }
+            PadMode::Symmetric => {
+                let m = s.rem_euclid(2 * n);
+                if m < n { m } else { 2 * n - 1 - m }
+            }
+            PadMode::Wrap => s.rem_euclid(n),
+        };
+        Some(i as usize)
+    }
+}
+
+/// Centres the volume in `target_shape` (D, H, W), per axis: pads (before = (out − in)/2,
+/// after = the rest) as its [`PadMode`] says, and crops (start = (in − out)/2) — the
+/// reference's `CropOrPad(target_shape, padding_mode, constant_values)`.
 #[derive(Debug, Clone)]
 pub struct CropOrPad {
     target_shape: [usize; 3],
-    value: f32,
+    mode: PadMode,
 }
 
 impl CropOrPad {
     /// A non-empty target shape, constant padding with `value`.
     pub fn new(target_shape: [usize; 3], value: f32) -> Result<Self> {
+        Self::with_mode(target_shape, PadMode::Constant(value))
+    }
+
+    /// A non-empty target shape, padding as `mode` says.
+    pub fn with_mode(target_shape: [usize; 3], mode: PadMode) -> Result<Self> {
         if target_shape.contains(&0) {
             return Err(Error::InvalidParam {
                 name: "target_shape",
@@ -213,50 +264,68 @@ impl CropOrPad {
                 rule: "every size must be > 0",
             });
         }
-        Ok(Self {
-            target_shape,
-            value,
-        })
+        Ok(Self { target_shape, mode })
     }
+}
+
+/// For each output index along an axis, the input index it copies (`None`: the constant).
+/// Offset of the output origin in input coordinates along an axis (negative when padding).
+fn centre_offset(inp: usize, out: usize) -> isize {
+    if out >= inp {
+        -(((out - inp) / 2) as isize)
+    } else {
+        ((inp - out) / 2) as isize
+    }
+}
+
+/// For each output index along an axis, the input index it copies (`None`: the constant).
+fn axis_map(inp: usize, out: usize, mode: PadMode) -> Vec<Option<usize>> {
+    let off = centre_offset(inp, out);
+    (0..out)
+        .map(|o| mode.source(o as isize + off, inp))
+        .collect()
 }
 
 impl Transform for CropOrPad {
     fn apply(&self, volume: Volume, _rng: &mut SampleRng) -> Result<Volume> {
         let [c, d, h, w] = volume.shape();
         let [od, oh, ow] = self.target_shape;
-        // Offset of the output origin in input coordinates (negative when padding).
-        let off = |inp: usize, out: usize| -> isize {
-            if out >= inp {
-                -(((out - inp) / 2) as isize)
-            } else {
-                ((inp - out) / 2) as isize
-            }
-        };
-        let (fd, fh, fw) = (off(d, od), off(h, oh), off(w, ow));
-        let mut data = vec![self.value; c * od * oh * ow];
-        for (ci, src) in volume.channels().enumerate() {
-            let dst = &mut data[ci * od * oh * ow..(ci + 1) * od * oh * ow];
-            for z in 0..od {
-                let sz = z as isize + fd;
-                if sz < 0 || sz >= d as isize {
-                    continue;
-                }
-                for y in 0..oh {
-                    let sy = y as isize + fh;
-                    if sy < 0 || sy >= h as isize {
-                        continue;
-                    }
-                    // The run [x0, x1) of the output row that lies inside the input.
-                    let x0 = (-fw).max(0) as usize;
-                    let x1 = (w as isize - fw).min(ow as isize).max(x0 as isize) as usize;
-                    let out_row = (z * oh + y) * ow;
-                    let in_row = (sz as usize * h + sy as usize) * w;
-                    let sx0 = (x0 as isize + fw) as usize;
-                    dst[out_row + x0..out_row + x1]
-                        .copy_from_slice(&src[in_row + sx0..in_row + sx0 + (x1 - x0)]);
-                }
-            }
+        if [d, h, w] == self.target_shape {
+            return Ok(volume);
         }
+        let value = match self.mode {
+            PadMode::Constant(v) => v,
+            _ => 0.0,
+        };
+        let (md, mh, mw) = (
+            axis_map(d, od, self.mode),
+            axis_map(h, oh, self.mode),
+            axis_map(w, ow, self.mode),
+        );
+        // The output run [x0, x1) inside the input along W, copied row by row from sx0.
+        let fw = centre_offset(w, ow);
+        let x0 = (-fw).max(0) as usize;
+        let x1 = (w as isize - fw).clamp(x0 as isize, ow as isize) as usize;
+        let sx0 = (x0 as isize + fw) as usize;
+        let plane = oh * ow;
+        // Zeroed memory is mapped lazily: each output page is faulted in once, by the thread
+        // that writes its plane.
+        let mut data = vec![0.0f32; c * od * plane];
+        data.par_chunks_mut(plane).enumerate().for_each(|(p, out)| {
+            let (ci, z) = (p / od, p % od);
+            let src = &volume.data()[ci * d * h * w..(ci + 1) * d * h * w];
+            for (y, row) in out.chunks_exact_mut(ow).enumerate() {
+                let (Some(sz), Some(sy)) = (md[z], mh[y]) else {
+                    row.fill(value);
+                    continue;
+                };
+                let src_row = &src[(sz * h + sy) * w..][..w];
+                row[x0..x1].copy_from_slice(&src_row[sx0..sx0 + (x1 - x0)]);
+                for x in (0..x0).chain(x1..ow) {
+                    row[x] = mw[x].map_or(value, |sx| src_row[sx]);
+                }
+            }
+        });
         Volume::new([c, od, oh, ow], data)
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 
-pub use basic::{CropOrPad, RandomFlip, RandomGaussianNoise, VoxelMask, ZNormalization};
+pub use basic::{CropOrPad, PadMode, RandomFlip, RandomGaussianNoise, VoxelMask, ZNormalization};
 pub use erasing::{EraseValue, RandomErasing};
 pub use resize::{
     PaperCrop, PaperCutout, PaperFlip, RandomResizedCrop, Resize, paper_all_tf, paper_cutout,
@@ -284,11 +284,11 @@ pub(crate) fn sample_box(
 /// on this outcome.
 #[derive(Debug)]
 pub struct RandomApply<T> {
-    transform: T,
-    p: f64,
+    pub(crate) transform: T,
+    pub(crate) p: f64,
 }
 
-impl<T: Transform> RandomApply<T> {
+impl<T> RandomApply<T> {
     /// `p` must be in `[0, 1]`.
     pub fn new(transform: T, p: f64) -> Result<Self> {
         check_probability("p", p)?;

@@ -67,26 +67,162 @@ impl Geom {
         self.kernel == [1; 3] && self.stride == [1; 3] && self.padding == [0; 3]
     }
 
-    /// For each axis and kernel index `j`, the output indices `o` whose input index
-    /// `o·s + j·d − p` falls inside the volume, as a half-open range.
-    fn valid_ranges(&self) -> [Vec<(usize, usize)>; 3] {
-        std::array::from_fn(|a| {
-            let (s, p, d) = (self.stride[a], self.padding[a], self.dilation[a]);
-            let (len_in, len_out) = (self.input[a], self.output[a]);
-            (0..self.kernel[a])
-                .map(|j| {
-                    let off = j * d;
-                    // o·s + off ≥ p
-                    let lo = if off >= p { 0 } else { (p - off).div_ceil(s) };
-                    // o·s + off − p ≤ len_in − 1
-                    let hi = if len_in + p > off {
-                        ((len_in + p - off - 1) / s + 1).min(len_out)
+    /// A strided 1×1×1 kernel without padding: a pointwise convolution of the subsampled
+    /// input, [`Geom::subsampled`].
+    fn is_subsampling(&self) -> bool {
+        self.kernel == [1; 3] && self.padding == [0; 3] && self.stride != [1; 3]
+    }
+
+    /// The pointwise convolution on the subsampled input `x[:, :, ::sD, ::sH, ::sW]`.
+    fn subsampled(&self) -> Self {
+        Self {
+            input: self.output,
+            stride: [1; 3],
+            dilation: [1; 3],
+            ..*self
+        }
+    }
+
+    /// Calls `f(offset in x, offset in the subsampled volume)` for the start of every output
+    /// row of one `(n, c)` volume of a subsampling convolution.
+    fn for_each_sub_row(&self, mut f: impl FnMut(usize, usize)) {
+        let [_, h, w] = self.input;
+        let [od, oh, ow] = self.output;
+        let [sd, sh, _] = self.stride;
+        for z in 0..od {
+            for y in 0..oh {
+                f((z * sd * h + y * sh) * w, (z * oh + y) * ow);
+            }
+        }
+    }
+}
+
+/// The input re-laid out for im2col: zero-padded on every axis and, along W, split into
+/// `stride_w` phases (`(N, C, Dp, Hp, S, Wq)` with `Wp = W + 2·p_w = S·Wq` rounded up), so that
+/// the values one kernel tap sees along an output row are contiguous and in range: im2col is
+/// then branch-free copies.
+#[derive(Debug, Clone, Copy)]
+struct Staging {
+    hp: usize,
+    s: usize,
+    wq: usize,
+    /// Elements per `(n, c)` volume.
+    vol: usize,
+}
+
+impl Staging {
+    fn new(g: &Geom) -> Self {
+        let [d, h, w] = g.input;
+        let [pd, ph, pw] = g.padding;
+        let s = g.stride[2];
+        let (dp, hp, wq) = (d + 2 * pd, h + 2 * ph, (w + 2 * pw).div_ceil(s));
+        Self {
+            hp,
+            s,
+            wq,
+            vol: dp * hp * s * wq,
+        }
+    }
+
+    /// Offset of padded position `(d, h, w)` inside one `(n, c)` volume.
+    fn at(&self, d: usize, h: usize, w: usize) -> usize {
+        ((d * self.hp + h) * self.s + w % self.s) * self.wq + w / self.s
+    }
+
+    /// Offset, inside one `(n, c)` volume, of the value kernel tap `(kd, kh, kw)` sees for the
+    /// output position `(0, 0, 0)`.
+    fn tap(&self, g: &Geom, kd: usize, kh: usize, kw: usize) -> usize {
+        let [dd, dh, dw] = g.dilation;
+        self.at(kd * dd, kh * dh, kw * dw)
+    }
+
+    /// Offset, inside one `(n, c)` volume, of the first value of output row `(od, oh, ow0..)`
+    /// for tap `(0, 0, 0)`; consecutive `ow` are consecutive elements.
+    fn out_row(&self, g: &Geom, od: usize, oh: usize, ow0: usize) -> usize {
+        ((od * g.stride[0] * self.hp + oh * g.stride[1]) * self.s) * self.wq + ow0
+    }
+
+    /// Offsets of every column-matrix row `(c, kd, kh, kw)` in the staged input.
+    fn row_offsets(&self, g: &Geom) -> Vec<usize> {
+        let [kd_n, kh_n, kw_n] = g.kernel;
+        let mut offs = Vec::with_capacity(g.kdim());
+        for c in 0..g.c_in {
+            for kd in 0..kd_n {
+                for kh in 0..kh_n {
+                    for kw in 0..kw_n {
+                        offs.push(c * self.vol + self.tap(g, kd, kh, kw));
+                    }
+                }
+            }
+        }
+        offs
+    }
+
+    /// Copies `x (N, C, D, H, W)` into the staged layout.
+    fn stage<T: Float>(&self, g: &Geom, x: &[T]) -> Vec<T> {
+        let mut out = vec![T::ZERO; g.n * g.c_in * self.vol];
+        let (w, pw) = (g.input[2], g.padding[2]);
+        out.par_chunks_mut(self.vol)
+            .zip(x.par_chunks(g.in_vol()))
+            .for_each(|(o, xv)| {
+                for (r, src) in xv.chunks_exact(w).enumerate() {
+                    let start = self.row_start(g, r);
+                    if self.s == 1 {
+                        o[start + pw..][..w].copy_from_slice(src);
                     } else {
-                        0
-                    };
-                    if lo < hi { (lo, hi) } else { (0, 0) }
-                })
-                .collect()
+                        for (w0, at) in self.phases(g, start) {
+                            let src = src[w0..].iter().step_by(self.s);
+                            for (o, v) in o[at..].iter_mut().zip(src) {
+                                *o = *v;
+                            }
+                        }
+                    }
+                }
+            });
+        out
+    }
+
+    /// Crops the staged layout back to `(N, C, D, H, W)`.
+    fn unstage<T: Float>(&self, g: &Geom, staged: &[T]) -> Vec<T> {
+        let mut out = vec![T::ZERO; g.n * g.c_in * g.in_vol()];
+        let (w, pw) = (g.input[2], g.padding[2]);
+        out.par_chunks_mut(g.in_vol())
+            .zip(staged.par_chunks(self.vol))
+            .for_each(|(o, sv)| {
+                for (r, dst_row) in o.chunks_exact_mut(w).enumerate() {
+                    let start = self.row_start(g, r);
+                    if self.s == 1 {
+                        dst_row.copy_from_slice(&sv[start + pw..][..w]);
+                    } else {
+                        for (w0, st) in self.phases(g, start) {
+                            for (o, v) in dst_row[w0..].iter_mut().step_by(self.s).zip(&sv[st..]) {
+                                *o = *v;
+                            }
+                        }
+                    }
+                }
+            });
+        out
+    }
+
+    /// Staged offset of input row `r = id·H + ih`, column 0 (phase 0 when strided).
+    fn row_start(&self, g: &Geom, r: usize) -> usize {
+        let h = g.input[1];
+        let [pd, ph, _] = g.padding;
+        ((r / h + pd) * self.hp + r % h + ph) * self.s * self.wq
+    }
+
+    /// For a strided W axis: `(first input column of the phase, staged offset of it)` for every
+    /// phase that holds at least one input column, given the staged row start.
+    fn phases<'a>(
+        &'a self,
+        g: &'a Geom,
+        row_start: usize,
+    ) -> impl Iterator<Item = (usize, usize)> + 'a {
+        let (w, pw, s) = (g.input[2], g.padding[2], self.s);
+        (0..s).filter_map(move |phase| {
+            let w0 = (phase + s - pw % s) % s;
+            (w0 < w).then(|| (w0, row_start + phase * self.wq + (w0 + pw) / s))
         })
     }
 }
@@ -94,13 +230,12 @@ impl Geom {
 /// A run of consecutive output positions along W inside one tile.
 #[derive(Debug, Clone, Copy)]
 struct Run {
-    /// Offset of `x[n, 0, 0, 0, 0]`.
-    sample: usize,
+    /// Offset of the run's first value (tap 0, channel 0) in the staged input.
+    base: usize,
+    /// The same offset inside its `(n, c)` volume.
+    spatial: usize,
     /// Sample index.
     n: usize,
-    od: usize,
-    oh: usize,
-    ow0: usize,
     len: usize,
     /// Column of the run's first position in the tile.
     t: usize,
@@ -117,9 +252,9 @@ struct Seg {
     t: usize,
 }
 
-fn tile_runs(g: &Geom, cols: Range<usize>, runs: &mut Vec<Run>) {
+fn tile_runs(g: &Geom, st: &Staging, cols: Range<usize>, runs: &mut Vec<Run>) {
     let [od_n, oh_n, ow_n] = g.output;
-    let sample_len = g.c_in * g.in_vol();
+    let sample = g.c_in * st.vol;
     runs.clear();
     let mut p = cols.start;
     while p < cols.end {
@@ -130,12 +265,11 @@ fn tile_runs(g: &Geom, cols: Range<usize>, runs: &mut Vec<Run>) {
         let od = r % od_n;
         let n = r / od_n;
         let len = (ow_n - ow).min(cols.end - p);
+        let spatial = st.out_row(g, od, oh, ow);
         runs.push(Run {
-            sample: n * sample_len,
+            base: n * sample + spatial,
+            spatial,
             n,
-            od,
-            oh,
-            ow0: ow,
             len,
             t: p - cols.start,
         });
@@ -205,7 +339,12 @@ impl Plan {
         }
         let mut n_tiles = positions.div_ceil(cap);
         n_tiles = n_tiles.div_ceil(threads) * threads;
-        let tile = positions.div_ceil(n_tiles);
+        let mut tile = positions.div_ceil(n_tiles);
+        // Whole output rows per tile (uniform runs in im2col) when a row fits.
+        let ow = g.output[2];
+        if ow <= tile {
+            tile = tile.div_ceil(ow) * ow;
+        }
         let n_tiles = positions.div_ceil(tile);
         Self {
             positions,
@@ -298,109 +437,66 @@ unsafe fn gemm_into<T: Float>(
     }
 }
 
-/// Fills the `(K, T)` column matrix of one tile (`T = col.len() / K`).
-fn im2col<T: Float>(
-    g: &Geom,
-    ranges: &[Vec<(usize, usize)>; 3],
-    x: &[T],
-    runs: &[Run],
-    col: &mut [T],
-) {
-    let [_, in_h, in_w] = g.input;
-    let [s_d, s_h, s_w] = g.stride;
-    let [p_d, p_h, p_w] = g.padding;
-    let [d_d, d_h, d_w] = g.dilation;
-    let in_vol = g.in_vol();
-    let tlen = col.len() / g.kdim();
-    let mut rows = col.chunks_exact_mut(tlen);
-    for c in 0..g.c_in {
-        let chan = c * in_vol;
-        for (kd, &(d_lo, d_hi)) in ranges[0].iter().enumerate() {
-            for (kh, &(h_lo, h_hi)) in ranges[1].iter().enumerate() {
-                for (kw, &(w_lo, w_hi)) in ranges[2].iter().enumerate() {
-                    let Some(row) = rows.next() else { return };
-                    for run in runs {
-                        let dst = &mut row[run.t..run.t + run.len];
-                        let a = w_lo.max(run.ow0);
-                        let b = w_hi.min(run.ow0 + run.len);
-                        if run.od < d_lo
-                            || run.od >= d_hi
-                            || run.oh < h_lo
-                            || run.oh >= h_hi
-                            || a >= b
-                        {
-                            dst.fill(T::ZERO);
-                            continue;
-                        }
-                        let id = run.od * s_d + kd * d_d - p_d;
-                        let ih = run.oh * s_h + kh * d_h - p_h;
-                        let iw = a * s_w + kw * d_w - p_w;
-                        let (pre, rest) = dst.split_at_mut(a - run.ow0);
-                        let (mid, post) = rest.split_at_mut(b - a);
-                        pre.fill(T::ZERO);
-                        post.fill(T::ZERO);
-                        let start = run.sample + chan + (id * in_h + ih) * in_w + iw;
-                        if s_w == 1 {
-                            mid.copy_from_slice(&x[start..start + mid.len()]);
-                        } else {
-                            let src = &x[start..start + (mid.len() - 1) * s_w + 1];
-                            for (d, s) in mid.iter_mut().zip(src.iter().step_by(s_w)) {
-                                *d = *s;
-                            }
-                        }
-                    }
-                }
-            }
+/// Fills the `(K, T)` column matrix of one tile from the staged input.
+fn im2col<T: Float>(xs: &[T], row_offs: &[usize], runs: &[Run], col: &mut [T], tlen: usize) {
+    // Tiles hold whole output rows when they can (see `Plan::new`): then every run has the
+    // same length and a fixed-size copy avoids a `memcpy` call per run.
+    let len = runs.first().map_or(0, |r| r.len);
+    if runs.iter().all(|r| r.len == len) {
+        match len {
+            1 => return im2col_fixed::<T, 1>(xs, row_offs, runs, col, tlen),
+            2 => return im2col_fixed::<T, 2>(xs, row_offs, runs, col, tlen),
+            4 => return im2col_fixed::<T, 4>(xs, row_offs, runs, col, tlen),
+            8 => return im2col_fixed::<T, 8>(xs, row_offs, runs, col, tlen),
+            16 => return im2col_fixed::<T, 16>(xs, row_offs, runs, col, tlen),
+            32 => return im2col_fixed::<T, 32>(xs, row_offs, runs, col, tlen),
+            _ => {}
+        }
+    }
+    for (row, &off) in col.chunks_exact_mut(tlen).zip(row_offs) {
+        for r in runs {
+            let src = &xs[r.base + off..][..r.len];
+            row[r.t..r.t + r.len].copy_from_slice(src);
         }
     }
 }
 
-/// Adds the rows of channel `c` of one tile's column-gradient matrix into `dx_c`, the
-/// `(D, H, W)` volumes of channel `c` for every sample (`dx_c[n]`).
+/// [`im2col`] when every run has length `N`.
+fn im2col_fixed<T: Float, const N: usize>(
+    xs: &[T],
+    row_offs: &[usize],
+    runs: &[Run],
+    col: &mut [T],
+    tlen: usize,
+) {
+    for (row, &off) in col.chunks_exact_mut(tlen).zip(row_offs) {
+        for (dst, r) in row.chunks_exact_mut(N).zip(runs) {
+            let src: &[T; N] = xs[r.base + off..][..N]
+                .try_into()
+                .unwrap_or_else(|_| unreachable!());
+            dst.copy_from_slice(src);
+        }
+    }
+}
+
+/// Adds the rows of channel `c` of one tile's column-gradient matrix into `dx_c`, the staged
+/// volumes of channel `c` for every sample (`dx_c[n]`).
 fn col2im_channel<T: Float>(
-    g: &Geom,
-    ranges: &[Vec<(usize, usize)>; 3],
+    st: &Staging,
     c: usize,
+    row_offs: &[usize],
     colg: &[T],
     tlen: usize,
     runs: &[Run],
     dx_c: &mut [&mut [T]],
 ) {
-    let kvol: usize = g.kernel.iter().product();
-    let [_, in_h, in_w] = g.input;
-    let [s_d, s_h, s_w] = g.stride;
-    let [p_d, p_h, p_w] = g.padding;
-    let [d_d, d_h, d_w] = g.dilation;
-    let chan_rows = &colg[c * kvol * tlen..(c + 1) * kvol * tlen];
-    let mut rows = chan_rows.chunks_exact(tlen);
-    for (kd, &(d_lo, d_hi)) in ranges[0].iter().enumerate() {
-        for (kh, &(h_lo, h_hi)) in ranges[1].iter().enumerate() {
-            for (kw, &(w_lo, w_hi)) in ranges[2].iter().enumerate() {
-                let Some(row) = rows.next() else { return };
-                for run in runs {
-                    let a = w_lo.max(run.ow0);
-                    let b = w_hi.min(run.ow0 + run.len);
-                    if run.od < d_lo || run.od >= d_hi || run.oh < h_lo || run.oh >= h_hi || a >= b
-                    {
-                        continue;
-                    }
-                    let src = &row[run.t + a - run.ow0..run.t + b - run.ow0];
-                    let id = run.od * s_d + kd * d_d - p_d;
-                    let ih = run.oh * s_h + kh * d_h - p_h;
-                    let iw = a * s_w + kw * d_w - p_w;
-                    let start = (id * in_h + ih) * in_w + iw;
-                    let vol = &mut *dx_c[run.n];
-                    if s_w == 1 {
-                        for (d, s) in vol[start..start + src.len()].iter_mut().zip(src) {
-                            *d += *s;
-                        }
-                    } else {
-                        let dst = &mut vol[start..start + (src.len() - 1) * s_w + 1];
-                        for (d, s) in dst.iter_mut().step_by(s_w).zip(src) {
-                            *d += *s;
-                        }
-                    }
-                }
+    let rows = colg.chunks_exact(tlen);
+    for (row, &off) in rows.zip(row_offs) {
+        let off = off - c * st.vol;
+        for r in runs {
+            let dst = &mut dx_c[r.n][r.spatial + off..][..r.len];
+            for (d, s) in dst.iter_mut().zip(&row[r.t..r.t + r.len]) {
+                *d += *s;
             }
         }
     }
@@ -431,22 +527,54 @@ fn resize<T: Float>(v: &mut Vec<T>, len: usize) {
     }
 }
 
+/// `x[:, :, ::sD, ::sH, ::sW]` for a subsampling geometry.
+fn subsample<T: Float>(g: &Geom, x: &[T]) -> Vec<T> {
+    let (ow, sw) = (g.output[2], g.stride[2]);
+    let mut out = vec![T::ZERO; g.n * g.c_in * g.out_vol()];
+    out.par_chunks_mut(g.out_vol())
+        .zip(x.par_chunks(g.in_vol()))
+        .for_each(|(o, xv)| {
+            g.for_each_sub_row(|src, dst| {
+                for (o, v) in o[dst..][..ow].iter_mut().zip(xv[src..].iter().step_by(sw)) {
+                    *o = *v;
+                }
+            })
+        });
+    out
+}
+
+/// The adjoint of [`subsample`]: zeros except on the subsampled grid.
+fn unsubsample<T: Float>(g: &Geom, sub: &[T]) -> Vec<T> {
+    let (ow, sw) = (g.output[2], g.stride[2]);
+    let mut out = vec![T::ZERO; g.n * g.c_in * g.in_vol()];
+    out.par_chunks_mut(g.in_vol())
+        .zip(sub.par_chunks(g.out_vol()))
+        .for_each(|(o, sv)| {
+            g.for_each_sub_row(|dst, src| {
+                for (o, v) in o[dst..].iter_mut().step_by(sw).zip(&sv[src..][..ow]) {
+                    *o = *v;
+                }
+            })
+        });
+    out
+}
+
 /// Forward pass: `x (N, C_in, D, H, W)`, `w (C_out, K)` → `(N, C_out, oD, oH, oW)`.
 pub(super) fn forward<T: Float>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
+    if g.is_subsampling() {
+        return forward(&g.subsampled(), &subsample(g, x), w);
+    }
     let (c_in, c_out, s_n, kdim) = (g.c_in, g.c_out, g.out_vol(), g.kdim());
     let in_sample = c_in * g.in_vol();
     let mut out = vec![T::ZERO; g.n * c_out * s_n];
     let plan = Plan::new(g);
-    let ranges = g.valid_ranges();
     let out_ptr = SendPtr(out.as_mut_ptr());
-    plan.map_groups(|tiles, par| {
-        let mut sc = Scratch::<T>::default();
-        for tile in tiles {
-            let cols = plan.cols(tile);
-            let tlen = cols.len();
-            tile_segs(g, cols.clone(), &mut sc.segs);
-            if g.is_pointwise() {
-                for seg in &sc.segs {
+    if g.is_pointwise() {
+        plan.map_groups(|tiles, par| {
+            let mut segs = Vec::new();
+            for tile in tiles {
+                tile_segs(g, plan.cols(tile), &mut segs);
+                for seg in &segs {
                     // SAFETY: out[n, :, s0..s0+len] belongs to this tile only; x is read within
                     // sample n.
                     unsafe {
@@ -463,12 +591,23 @@ pub(super) fn forward<T: Float>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
                         );
                     }
                 }
-                continue;
             }
-            tile_runs(g, cols, &mut sc.runs);
+        });
+        return out;
+    }
+    let st = Staging::new(g);
+    let xs = st.stage(g, x);
+    let row_offs = st.row_offsets(g);
+    plan.map_groups(|tiles, par| {
+        let mut sc = Scratch::<T>::default();
+        for tile in tiles {
+            let cols = plan.cols(tile);
+            let tlen = cols.len();
+            tile_segs(g, cols.clone(), &mut sc.segs);
+            tile_runs(g, &st, cols, &mut sc.runs);
             resize(&mut sc.col, kdim * tlen);
             let col = &mut sc.col[..kdim * tlen];
-            im2col(g, &ranges, x, &sc.runs, col);
+            im2col(&xs, &row_offs, &sc.runs, col, tlen);
             if let [seg] = sc.segs[..] {
                 // SAFETY: out[n, :, s0..s0+len] belongs to this tile only.
                 unsafe {
@@ -484,34 +623,34 @@ pub(super) fn forward<T: Float>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
                         par,
                     );
                 }
-            } else {
-                resize(&mut sc.buf, c_out * tlen);
-                let buf = &mut sc.buf[..c_out * tlen];
-                // SAFETY: buf is (c_out, tlen), col (kdim, tlen), w (c_out, kdim).
-                unsafe {
-                    gemm_into(
-                        [c_out, tlen, kdim],
-                        buf.as_mut_ptr(),
-                        tlen,
-                        false,
-                        w.as_ptr(),
-                        [1, kdim],
-                        col.as_ptr(),
-                        [1, tlen],
-                        par,
-                    );
-                }
-                for seg in &sc.segs {
-                    for co in 0..c_out {
-                        let src = &buf[co * tlen + seg.t..co * tlen + seg.t + seg.len];
-                        // SAFETY: out[n, co, s0..s0+len] belongs to this tile only.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                src.as_ptr(),
-                                out_ptr.get().add((seg.n * c_out + co) * s_n + seg.s0),
-                                seg.len,
-                            );
-                        }
+                continue;
+            }
+            resize(&mut sc.buf, c_out * tlen);
+            let buf = &mut sc.buf[..c_out * tlen];
+            // SAFETY: buf is (c_out, tlen), col (kdim, tlen), w (c_out, kdim).
+            unsafe {
+                gemm_into(
+                    [c_out, tlen, kdim],
+                    buf.as_mut_ptr(),
+                    tlen,
+                    false,
+                    w.as_ptr(),
+                    [1, kdim],
+                    col.as_ptr(),
+                    [1, tlen],
+                    par,
+                );
+            }
+            for seg in &sc.segs {
+                for co in 0..c_out {
+                    let src = &buf[co * tlen + seg.t..][..seg.len];
+                    // SAFETY: out[n, co, s0..s0+len] belongs to this tile only.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            src.as_ptr(),
+                            out_ptr.get().add((seg.n * c_out + co) * s_n + seg.s0),
+                            seg.len,
+                        );
                     }
                 }
             }
@@ -545,10 +684,24 @@ fn dy_tile<T: Float>(
 
 /// Weight gradient: `dW (C_out, K) = Σ_tiles dY_tile (C_out, T) · col_tileᵀ`.
 pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
+    if g.is_subsampling() {
+        return grad_weight(&g.subsampled(), &subsample(g, x), dy);
+    }
     let (c_in, c_out, s_n, kdim) = (g.c_in, g.c_out, g.out_vol(), g.kdim());
     let in_sample = c_in * g.in_vol();
     let plan = Plan::new(g);
-    let ranges = g.valid_ranges();
+    let st = Staging::new(g);
+    let pointwise = g.is_pointwise();
+    let xs = if pointwise {
+        Vec::new()
+    } else {
+        st.stage(g, x)
+    };
+    let row_offs = if pointwise {
+        Vec::new()
+    } else {
+        st.row_offsets(g)
+    };
     let partials = plan.map_groups(|tiles, par| {
         let mut acc = vec![T::ZERO; c_out * kdim];
         let mut sc = Scratch::<T>::default();
@@ -556,7 +709,7 @@ pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
             let cols = plan.cols(tile);
             let tlen = cols.len();
             tile_segs(g, cols.clone(), &mut sc.segs);
-            if g.is_pointwise() {
+            if pointwise {
                 for seg in &sc.segs {
                     // SAFETY: dy[n, :, s0..] and x[n, :, s0..] are (·, len) blocks of row
                     // stride s_n inside sample n; acc is (c_out, c_in).
@@ -576,10 +729,10 @@ pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
                 }
                 continue;
             }
-            tile_runs(g, cols, &mut sc.runs);
+            tile_runs(g, &st, cols, &mut sc.runs);
             resize(&mut sc.col, kdim * tlen);
             let col = &mut sc.col[..kdim * tlen];
-            im2col(g, &ranges, x, &sc.runs, col);
+            im2col(&xs, &row_offs, &sc.runs, col, tlen);
             let (lhs, lhs_rs) = dy_tile(g, dy, &sc.segs, tlen, &mut sc.buf);
             // SAFETY: lhs is (c_out, tlen) with row stride lhs_rs, col is (kdim, tlen).
             unsafe {
@@ -610,48 +763,62 @@ pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
     total
 }
 
-/// Input gradient: `dX = col2im(Wᵀ · dY)`, race-free: the column gradients of a round of tiles
-/// (one per group) are computed in parallel, then scattered in parallel over input channels.
+/// Input gradient.
+///
+/// With stride 1 on every axis (and padding ≤ dilation·(k − 1)), `dX` is the forward
+/// convolution of `dY` with the flipped, channel-transposed kernel and padding
+/// `d·(k − 1) − p`, which runs at the forward pass's speed. Otherwise `dX = col2im(Wᵀ · dY)`,
+/// race-free: the column gradients of a round of tiles (one per group) are computed in
+/// parallel, then scattered in parallel over input channels.
 pub(super) fn grad_input<T: Float>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
-    let (c_in, c_out, s_n, kdim) = (g.c_in, g.c_out, g.out_vol(), g.kdim());
-    let in_vol = g.in_vol();
-    let in_sample = c_in * in_vol;
-    let mut dx = vec![T::ZERO; g.n * in_sample];
-    let plan = Plan::new(g);
-    if g.is_pointwise() {
-        let dx_ptr = SendPtr(dx.as_mut_ptr());
-        plan.map_groups(|tiles, par| {
-            let mut segs = Vec::new();
-            for tile in tiles {
-                tile_segs(g, plan.cols(tile), &mut segs);
-                for seg in &segs {
-                    // SAFETY: dx[n, :, s0..s0+len] belongs to this tile only (pointwise
-                    // conv: one input position per output position).
-                    unsafe {
-                        gemm_into(
-                            [c_in, seg.len, c_out],
-                            dx_ptr.get().add(seg.n * in_sample + seg.s0),
-                            s_n,
-                            false,
-                            w.as_ptr(),
-                            [c_in, 1],
-                            dy.as_ptr().add(seg.n * c_out * s_n + seg.s0),
-                            [1, s_n],
-                            par,
-                        );
+    if g.is_subsampling() {
+        return unsubsample(g, &grad_input(&g.subsampled(), dy, w));
+    }
+    let (c_in, c_out, kdim) = (g.c_in, g.c_out, g.kdim());
+    let kvol = g.kernel.iter().product::<usize>();
+    let full_pad: [usize; 3] = std::array::from_fn(|a| g.dilation[a] * (g.kernel[a] - 1));
+    // The transposed form copies the weights; with few output positions per output channel
+    // (deep layers on tiny volumes) that copy costs more than the col2im scatter.
+    if g.stride == [1; 3]
+        && (0..3).all(|a| g.padding[a] <= full_pad[a])
+        && g.positions() >= 2 * c_out
+    {
+        // wt[c, co, tap] = w[co, c, flipped tap]; taps reversed = the flattened tap order
+        // reversed.
+        let mut wt = vec![T::ZERO; w.len()];
+        wt.par_chunks_mut(c_out * kvol)
+            .enumerate()
+            .for_each(|(c, dst)| {
+                for (co, dst) in dst.chunks_exact_mut(kvol).enumerate() {
+                    let src = &w[(co * c_in + c) * kvol..][..kvol];
+                    for (d, s) in dst.iter_mut().zip(src.iter().rev()) {
+                        *d = *s;
                     }
                 }
-            }
-        });
-        return dx;
+            });
+        let gt = Geom {
+            n: g.n,
+            c_in: c_out,
+            c_out: c_in,
+            input: g.output,
+            kernel: g.kernel,
+            output: g.input,
+            stride: [1; 3],
+            padding: std::array::from_fn(|a| full_pad[a] - g.padding[a]),
+            dilation: g.dilation,
+        };
+        return forward(&gt, dy, &wt);
     }
-    let ranges = g.valid_ranges();
+    let plan = Plan::new(g);
+    let st = Staging::new(g);
+    let row_offs = st.row_offsets(g);
+    let mut dxs = vec![T::ZERO; g.n * c_in * st.vol];
     let slots = plan.groups;
     let mut scratch: Vec<Scratch<T>> = (0..slots).map(|_| Scratch::default()).collect();
     let mut tlens = vec![0usize; slots];
-    // dx split by channel: dx_by_c[c][n] is the (D, H, W) volume of sample n, channel c.
+    // The staged dx split by channel: dx_by_c[c][n] is the volume of sample n, channel c.
     let mut dx_by_c: Vec<Vec<&mut [T]>> = (0..c_in).map(|_| Vec::with_capacity(g.n)).collect();
-    for (i, vol) in dx.chunks_mut(in_vol).enumerate() {
+    for (i, vol) in dxs.chunks_mut(st.vol).enumerate() {
         dx_by_c[i % c_in].push(vol);
     }
     let mut first = 0;
@@ -663,7 +830,7 @@ pub(super) fn grad_input<T: Float>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
             let tlen = cols.len();
             *tl = tlen;
             tile_segs(g, cols.clone(), &mut sc.segs);
-            tile_runs(g, cols, &mut sc.runs);
+            tile_runs(g, &st, cols, &mut sc.runs);
             resize(&mut sc.col, kdim * tlen);
             let (rhs, rhs_rs) = dy_tile(g, dy, &sc.segs, tlen, &mut sc.buf);
             // SAFETY: col is (kdim, tlen); wᵀ is (kdim, c_out) read from w (c_out, kdim);
@@ -691,8 +858,10 @@ pub(super) fn grad_input<T: Float>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
         // Phase 2: scatter-add, parallel over input channels.
         let used = round.len();
         let scatter = |(c, dx_c): (usize, &mut Vec<&mut [T]>)| {
+            let offs = &row_offs[c * kvol..(c + 1) * kvol];
             for (sc, &tlen) in scratch[..used].iter().zip(&tlens) {
-                col2im_channel(g, &ranges, c, &sc.col[..kdim * tlen], tlen, &sc.runs, dx_c);
+                let colg = &sc.col[c * kvol * tlen..(c + 1) * kvol * tlen];
+                col2im_channel(&st, c, offs, colg, tlen, &sc.runs, dx_c);
             }
         };
         if c_in > 1 && rayon::current_num_threads() > 1 {
@@ -703,5 +872,5 @@ pub(super) fn grad_input<T: Float>(g: &Geom, dy: &[T], w: &[T]) -> Vec<T> {
         first = round.end;
     }
     drop(dx_by_c);
-    dx
+    st.unstage(g, &dxs)
 }

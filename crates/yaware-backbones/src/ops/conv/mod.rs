@@ -186,6 +186,11 @@ fn check(x: &Tensor, w: &Tensor, params: &Conv3dParams) -> Result<Geom> {
         )));
     }
     let input = [xd[2], xd[3], xd[4]];
+    if input.contains(&0) {
+        return Err(input_err(format!(
+            "input shape {xd:?} has an empty spatial axis"
+        )));
+    }
     let kernel = [wd[2], wd[3], wd[4]];
     let output = params.output_size(input, kernel)?;
     Ok(Geom {
