@@ -48,13 +48,16 @@ fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The `<label>` of the BIDS entity `sub-<label>` in the file name, if any.
+/// The `<label>` of the BIDS entity `sub-<label>` in the file name, if any: the entity at the
+/// start of the name or after `_`, else the first `sub-` anywhere (tools prefix the names of
+/// their outputs, e.g. CAT12's `mwp1sub-01_T1w.nii`).
 pub(crate) fn subject_label(path: &Path) -> Option<&str> {
     let name = path.file_name()?.to_str()?;
-    let start = name
-        .match_indices("sub-")
-        .map(|(i, _)| i)
-        .find(|&i| i == 0 || matches!(name.as_bytes()[i - 1], b'_' | b'.'))?
+    let starts: Vec<usize> = name.match_indices("sub-").map(|(i, _)| i).collect();
+    let start = starts
+        .iter()
+        .find(|&&i| i == 0 || name.as_bytes()[i - 1] == b'_')
+        .or(starts.first())?
         + 4;
     let rest = &name[start..];
     let end = rest
@@ -210,8 +213,9 @@ fn read_volume(path: &Path, shape: [usize; 4]) -> std::result::Result<Volume, St
 ///
 /// **Matching files to the table.** The files are found recursively under the folder (hidden
 /// entries skipped) and sorted by path. With a table, each file name must contain the BIDS
-/// entity `sub-<label>` (`<label>` alphanumeric), matched to the id column (`participant_id` by
-/// default), whose values may carry the `sub-` prefix or not. Several files of one subject
+/// entity `sub-<label>` (`<label>` alphanumeric; at the start of the name or after `_`, else
+/// anywhere, for tools' prefixed outputs such as CAT12's `mwp1sub-01_T1w.nii`), matched to the
+/// id column (`participant_id` by default), whose values may carry the `sub-` prefix or not. Several files of one subject
 /// (sessions, runs) are several samples with the same targets.
 #[derive(Debug, Clone)]
 pub struct NiftiDataset {
@@ -416,9 +420,17 @@ mod tests {
         let l = |s: &str| subject_label(Path::new(s)).map(str::to_string);
         assert_eq!(l("sub-01_T1w.nii.gz").as_deref(), Some("01"));
         assert_eq!(l("/x/sub-A12_ses-1_T1w.nii").as_deref(), Some("A12"));
-        assert_eq!(l("mwp1sub-3.nii"), None, "`sub-` must start an entity");
-        assert_eq!(l("rsub-3.nii"), None);
+        assert_eq!(
+            l("mwp1sub-3_T1w.nii").as_deref(),
+            Some("3"),
+            "a tool's prefix"
+        );
         assert_eq!(l("x_sub-3.nii").as_deref(), Some("3"));
+        assert_eq!(
+            l("rsub-9_sub-3.nii").as_deref(),
+            Some("3"),
+            "the entity first"
+        );
         assert_eq!(l("sub-.nii"), None);
         assert_eq!(l("T1w.nii"), None);
     }
