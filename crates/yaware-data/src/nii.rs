@@ -210,6 +210,9 @@ fn read_volume(path: &Path, shape: [usize; 4]) -> std::result::Result<Volume, St
 /// axis as the channels, `T` of them. The [`Volume`] is `(C, D, H, W) = (T, X, Y, Z)`: the
 /// spatial axes keep the file's logical order (nibabel's `get_fdata()` order, the one OpenBHB's
 /// `.npy` arrays use). `scl_slope` / `scl_inter` are applied (a slope of 0 means no scaling).
+/// The voxels are taken as stored: the affines (`qform` / `sform`) are neither checked nor
+/// applied, so the files are assumed to share an orientation and a grid (as registered or
+/// VBM images do).
 ///
 /// **Matching files to the table.** The files are found recursively under the folder (hidden
 /// entries skipped) and sorted by path. With a table, each file name must contain the BIDS
