@@ -260,7 +260,10 @@ impl YAwareContrastiveLearning {
         ckpt_path: Option<&Path>,
         user_callbacks: &mut Vec<Box<dyn Callback>>,
     ) -> Result<()> {
-        let num_batches = train.num_batches();
+        let num_batches = self
+            .config
+            .limit_train_batches
+            .map_or(train.num_batches(), |l| l.min(train.num_batches()));
         if num_batches == 0 {
             return Err(crate::error::invalid(
                 "train",
@@ -320,10 +323,25 @@ impl YAwareContrastiveLearning {
             }
         }
 
+        let result = self.train_loop(train, val, &mut state, &mut cbs, resumed);
+        // Kept on error too (e.g. a non-finite loss): the history up to the failure.
+        self.state = state;
+        result
+    }
+
+    fn train_loop(
+        &mut self,
+        train: &dyn BatchSource,
+        val: Option<&dyn BatchSource>,
+        state: &mut TrainerState,
+        cbs: &mut [&mut Box<dyn Callback>],
+        resumed: bool,
+    ) -> Result<()> {
+        let num_batches = state.num_train_batches;
         macro_rules! hook {
             ($method:ident $(, $arg:expr)*) => {{
                 for cb in cbs.iter_mut() {
-                    if cb.$method(&mut state, &*self $(, $arg)*)? == Control::Stop {
+                    if cb.$method(state, &*self $(, $arg)*)? == Control::Stop {
                         state.should_stop = true;
                     }
                 }
@@ -353,15 +371,20 @@ impl YAwareContrastiveLearning {
         let reached_max_steps = |s: &TrainerState| s.max_steps.is_some_and(|m| s.global_step >= m);
         'epochs: while state.max_epochs.is_none_or(|m| state.epoch < m)
             && !state.should_stop
-            && !reached_max_steps(&state)
+            && !reached_max_steps(state)
         {
             let epoch = state.epoch;
             hook!(on_train_epoch_start);
             let skip = state.batch_in_epoch;
             let mut grads: Option<GradStore> = None;
             let mut pending = 0usize;
-            for (batch_idx, batch) in train.batches(epoch).enumerate().skip(skip) {
-                if reached_max_steps(&state) {
+            for (batch_idx, batch) in train
+                .batches(epoch)
+                .enumerate()
+                .take(num_batches)
+                .skip(skip)
+            {
+                if reached_max_steps(state) {
                     break;
                 }
                 let batch = batch?;
@@ -406,7 +429,7 @@ impl YAwareContrastiveLearning {
                     self.optimizer_step(&g)?;
                     pending = 0;
                     state.global_step += 1;
-                    self.step_scheduler(&state, yaware_optim::Interval::Step)?;
+                    self.step_scheduler(state, yaware_optim::Interval::Step)?;
                 }
                 state.batch_in_epoch = batch_idx + 1;
                 hook!(on_train_batch_end, &out, batch_idx);
@@ -416,12 +439,12 @@ impl YAwareContrastiveLearning {
             }
             state.batch_in_epoch = num_batches;
             if let Some(val) = val
-                && (epoch + 1) % self.config.check_val_every_n_epoch == 0
+                && (epoch + 1).is_multiple_of(self.config.check_val_every_n_epoch)
             {
-                self.run_validation(val, &mut state, &mut cbs)?;
+                self.run_validation(val, state, cbs)?;
             }
-            if (epoch + 1) % self.lr_frequency() as u64 == 0 {
-                self.step_scheduler(&state, yaware_optim::Interval::Epoch)?;
+            if (epoch + 1).is_multiple_of(self.lr_frequency() as u64) {
+                self.step_scheduler(state, yaware_optim::Interval::Epoch)?;
             }
             state.epoch_finished = true;
             hook!(on_train_epoch_end);
@@ -431,7 +454,6 @@ impl YAwareContrastiveLearning {
         }
         // Leave the state pointing at the last completed position.
         hook!(on_fit_end);
-        self.state = state;
         Ok(())
     }
 
@@ -453,7 +475,8 @@ impl YAwareContrastiveLearning {
             }
         }
         let (mut total, mut count) = (0.0, 0usize);
-        for (i, b) in val.batches(state.epoch).enumerate() {
+        let limit = self.config.limit_val_batches.unwrap_or(usize::MAX);
+        for (i, b) in val.batches(state.epoch).enumerate().take(limit) {
             let b = b?;
             let out = self.validation_step(&b, i)?;
             let n = b.len();
