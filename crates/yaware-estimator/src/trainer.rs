@@ -89,6 +89,10 @@ pub struct TrainerState {
     pub max_steps: Option<u64>,
     /// Samples seen in training.
     pub samples_seen: u64,
+    /// Whether the last training batch ended with an optimizer step (false inside a gradient
+    /// accumulation window).
+    #[serde(skip)]
+    pub optimizer_stepped: bool,
     /// True while the sanity-check validation runs.
     #[serde(skip)]
     pub sanity_checking: bool,
@@ -419,7 +423,8 @@ impl YAwareContrastiveLearning {
                 }
                 state.samples_seen += batch.len() as u64;
                 let last = batch_idx + 1 == num_batches;
-                if pending == acc || last {
+                state.optimizer_stepped = pending == acc || last;
+                if state.optimizer_stepped {
                     let mut g = grads.take().ok_or(Error::NoOptimizer)?;
                     if let Some(max_norm) = self.config.gradient_clip_val {
                         self.clip_grad_norm(&mut g, max_norm)?;

@@ -478,57 +478,61 @@ fn weights(m: &YAwareContrastiveLearning) -> Vec<(String, Vec<f32>)> {
 fn resuming_from_a_checkpoint_equals_the_uninterrupted_run() {
     let (_, train) = data(true);
     let val = train[..3].to_vec();
-    let config = YAwareConfig {
-        max_epochs: Some(4),
-        optimizer: OptimizerName::AdamW,
-        lr_scheduler: Some(LrSchedulerSpec::WarmupCosine {
-            warmup_epochs: 1.0,
-            warmup_start_lr: 1e-5,
-            min_lr: 0.0,
-            closed_form: false,
-        }),
-        learning_rate: 1e-2,
-        ..base_config()
-    };
-    let mut full = YAwareContrastiveLearning::new(config.clone()).unwrap();
-    full.fit(&train, Some(&val)).unwrap();
-    // Interrupted at the end of epoch 1, and mid-epoch at step 25.
-    for (name, stop) in [
-        (
-            "epoch",
-            StopAt {
-                epoch: Some(1),
-                step: None,
-            },
-        ),
-        (
-            "step",
-            StopAt {
-                epoch: None,
-                step: Some(25),
-            },
-        ),
-    ] {
-        let dir = tmpdir(&format!("resume-{name}"));
-        let ckpt = ModelCheckpoint::last_only(&dir).every_n_train_steps(25);
-        let last = ckpt.last_path();
-        let mut part = YAwareContrastiveLearning::builder(config.clone())
-            .callback(Box::new(ckpt))
-            .callback(Box::new(stop))
-            .build()
+    // Without and with gradient accumulation (10 batches per epoch: 10 or 5 steps per epoch).
+    for (acc, stop_step) in [(1usize, 25u64), (2, 13)] {
+        let config = YAwareConfig {
+            max_epochs: Some(4),
+            optimizer: OptimizerName::AdamW,
+            lr_scheduler: Some(LrSchedulerSpec::WarmupCosine {
+                warmup_epochs: 1.0,
+                warmup_start_lr: 1e-5,
+                min_lr: 0.0,
+                closed_form: false,
+            }),
+            learning_rate: 1e-2,
+            accumulate_grad_batches: acc,
+            ..base_config()
+        };
+        let mut full = YAwareContrastiveLearning::new(config.clone()).unwrap();
+        full.fit(&train, Some(&val)).unwrap();
+        // Interrupted at the end of epoch 1, and mid-epoch after step `stop_step`.
+        for (name, stop) in [
+            (
+                "epoch",
+                StopAt {
+                    epoch: Some(1),
+                    step: None,
+                },
+            ),
+            (
+                "step",
+                StopAt {
+                    epoch: None,
+                    step: Some(stop_step),
+                },
+            ),
+        ] {
+            let dir = tmpdir(&format!("resume-{name}-{acc}"));
+            let ckpt = ModelCheckpoint::last_only(&dir).every_n_train_steps(stop_step);
+            let last = ckpt.last_path();
+            let mut part = YAwareContrastiveLearning::builder(config.clone())
+                .callback(Box::new(ckpt))
+                .callback(Box::new(stop))
+                .build()
+                .unwrap();
+            part.fit(&train, Some(&val)).unwrap();
+            assert!(part.history().train_loss.len() < full.history().train_loss.len());
+            let mut resumed = YAwareContrastiveLearning::new(YAwareConfig {
+                random_state: Some(99),
+                ..config.clone()
+            })
             .unwrap();
-        part.fit(&train, Some(&val)).unwrap();
-        assert!(part.history().train_loss.len() < full.history().train_loss.len());
-        let mut resumed = YAwareContrastiveLearning::new(YAwareConfig {
-            random_state: Some(99),
-            ..config.clone()
-        })
-        .unwrap();
-        resumed.fit_from(&train, Some(&val), Some(&last)).unwrap();
-        assert_eq!(weights(&resumed), weights(&full), "{name}");
-        assert_eq!(resumed.history(), full.history(), "{name}");
-        assert_eq!(resumed.trainer_state().global_step, 40);
-        let _ = std::fs::remove_dir_all(&dir);
+            resumed.fit_from(&train, Some(&val), Some(&last)).unwrap();
+            assert_eq!(weights(&resumed), weights(&full), "{name} acc {acc}");
+            assert_eq!(resumed.history(), full.history(), "{name} acc {acc}");
+            assert_eq!(resumed.trainer_state().global_step, 40 / acc as u64);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
 
