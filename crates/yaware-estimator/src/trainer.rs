@@ -352,6 +352,17 @@ impl YAwareContrastiveLearning {
             }};
         }
 
+        // Checkpoints are written in these two hooks: every callback's state goes in first.
+        macro_rules! collect_states {
+            () => {{
+                for cb in cbs.iter() {
+                    if let Some(v) = cb.state_dict() {
+                        state.callback_states.insert(cb.name().to_string(), v);
+                    }
+                }
+            }};
+        }
+
         hook!(on_fit_start);
         if let Some(val) = val
             && self.config.num_sanity_val_steps > 0
@@ -437,6 +448,7 @@ impl YAwareContrastiveLearning {
                     self.step_scheduler(state, yaware_optim::Interval::Step)?;
                 }
                 state.batch_in_epoch = batch_idx + 1;
+                collect_states!();
                 hook!(on_train_batch_end, &out, batch_idx);
                 if state.should_stop {
                     break 'epochs;
@@ -452,6 +464,7 @@ impl YAwareContrastiveLearning {
                 self.step_scheduler(state, yaware_optim::Interval::Epoch)?;
             }
             state.epoch_finished = true;
+            collect_states!();
             hook!(on_train_epoch_end);
             state.epoch_finished = false;
             state.epoch += 1;

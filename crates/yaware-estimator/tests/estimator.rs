@@ -493,7 +493,11 @@ fn resuming_from_a_checkpoint_equals_the_uninterrupted_run() {
             accumulate_grad_batches: acc,
             ..base_config()
         };
-        let mut full = YAwareContrastiveLearning::new(config.clone()).unwrap();
+        let es = || Box::new(EarlyStopping::new("loss/val", Mode::Min, 100, 0.0).unwrap());
+        let mut full = YAwareContrastiveLearning::builder(config.clone())
+            .callback(es())
+            .build()
+            .unwrap();
         full.fit(&train, Some(&val)).unwrap();
         // Interrupted at the end of epoch 1, and mid-epoch after step `stop_step`.
         for (name, stop) in [
@@ -518,19 +522,28 @@ fn resuming_from_a_checkpoint_equals_the_uninterrupted_run() {
             let mut part = YAwareContrastiveLearning::builder(config.clone())
                 .callback(Box::new(ckpt))
                 .callback(Box::new(stop))
+                .callback(es())
                 .build()
                 .unwrap();
             part.fit(&train, Some(&val)).unwrap();
             assert!(part.history().train_loss.len() < full.history().train_loss.len());
-            let mut resumed = YAwareContrastiveLearning::new(YAwareConfig {
+            let mut resumed = YAwareContrastiveLearning::builder(YAwareConfig {
                 random_state: Some(99),
                 ..config.clone()
             })
+            .callback(es())
+            .build()
             .unwrap();
             resumed.fit_from(&train, Some(&val), Some(&last)).unwrap();
             assert_eq!(weights(&resumed), weights(&full), "{name} acc {acc}");
             assert_eq!(resumed.history(), full.history(), "{name} acc {acc}");
             assert_eq!(resumed.trainer_state().global_step, 40 / acc as u64);
+            // The early-stopping state (best value, wait counter) travelled in the checkpoint.
+            let saved = &resumed.trainer_state().callback_states["EarlyStopping"];
+            assert!(
+                saved["best"].as_f64().is_some_and(f64::is_finite),
+                "{saved}"
+            );
             let _ = std::fs::remove_dir_all(&dir);
         }
     }
