@@ -1073,3 +1073,38 @@ fn every_bandwidth_form_trains() {
             .unwrap_or_else(|e| panic!("{bandwidth:?}: {e}"));
     }
 }
+
+#[test]
+fn user_head_module_and_learning_rate_monitor() {
+    use yaware_estimator::LearningRateMonitor;
+    let (x, train) = data(false);
+    let vm = candle_nn::VarMap::new();
+    let head = yaware_backbones::Mlp::new(
+        MlpConfig::new(10, vec![6, 4]),
+        &vm,
+        3,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut m = YAwareContrastiveLearning::builder(base_config())
+        .projection_head(Box::new(head))
+        .callback(Box::new(LearningRateMonitor))
+        .build()
+        .unwrap();
+    assert!(
+        m.warnings()
+            .iter()
+            .any(|w| w.contains("projection_head_kwargs"))
+    );
+    let names: Vec<String> = m.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert!(
+        names.contains(&"projection_head.2.weight".to_string()),
+        "{names:?}"
+    );
+    m.fit(&train, None).unwrap();
+    assert_eq!(m.transform(x_batches(&x)).unwrap().dims(), &[20, 10]);
+    let logged = &m.trainer_state().logged;
+    assert_eq!(logged["lr/backbone"], 1e-4);
+    assert_eq!(logged["lr/head"], 1e-4);
+}
