@@ -38,6 +38,92 @@ use crate::error::{Error, Result, io_err};
 use crate::model::YAwareContrastiveLearning;
 use crate::source::BatchSource;
 
+/// Serialisation of f64 values that may be non-finite: numbers stay numbers, NaN and ±inf
+/// become the strings `"NaN"`, `"inf"`, `"-inf"` (JSON has no literal for them).
+mod non_finite {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Num(f64),
+        Text(String),
+    }
+
+    fn to(v: f64) -> Repr {
+        if v.is_finite() {
+            Repr::Num(v)
+        } else {
+            Repr::Text(v.to_string())
+        }
+    }
+
+    fn from<E: serde::de::Error>(r: Repr) -> Result<f64, E> {
+        match r {
+            Repr::Num(v) => Ok(v),
+            Repr::Text(t) => t
+                .parse::<f64>()
+                .map_err(|_| E::custom(format!("not a number: {t:?}"))),
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        to(*v).serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        from(Repr::deserialize(d)?)
+    }
+
+    pub(super) mod map {
+        use super::*;
+
+        pub(in super::super) fn serialize<S: Serializer>(
+            m: &BTreeMap<String, f64>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            m.iter()
+                .map(|(k, v)| (k, to(*v)))
+                .collect::<BTreeMap<_, _>>()
+                .serialize(s)
+        }
+
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<BTreeMap<String, f64>, D::Error> {
+            BTreeMap::<String, Repr>::deserialize(d)?
+                .into_iter()
+                .map(|(k, v)| Ok((k, from(v)?)))
+                .collect()
+        }
+    }
+
+    pub(super) mod pairs {
+        use super::*;
+
+        pub(in super::super) fn serialize<S: Serializer>(
+            v: &[(u64, f64)],
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            v.iter()
+                .map(|(k, x)| (*k, to(*x)))
+                .collect::<Vec<_>>()
+                .serialize(s)
+        }
+
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<(u64, f64)>, D::Error> {
+            Vec::<(u64, Repr)>::deserialize(d)?
+                .into_iter()
+                .map(|(k, v)| Ok((k, from(v)?)))
+                .collect()
+        }
+    }
+}
+
 /// One logged value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricRecord {
@@ -48,6 +134,7 @@ pub struct MetricRecord {
     /// Metric name (`loss/train`, `loss/val`, `lr/backbone`, …).
     pub name: String,
     /// Value.
+    #[serde(with = "non_finite")]
     pub value: f64,
 }
 
@@ -56,10 +143,13 @@ pub struct MetricRecord {
 pub struct History {
     /// `(global step, loss)` of every training batch (the step is the optimizer-step count
     /// before the batch's update).
+    #[serde(with = "non_finite::pairs")]
     pub train_loss: Vec<(u64, f64)>,
     /// `(epoch, loss)` of every validation epoch.
+    #[serde(with = "non_finite::pairs")]
     pub val_loss: Vec<(u64, f64)>,
     /// `(global step, lr of the first group)` used by every optimizer step.
+    #[serde(with = "non_finite::pairs")]
     pub lr: Vec<(u64, f64)>,
 }
 
@@ -76,6 +166,7 @@ pub struct TrainerState {
     /// Whether the current epoch is complete (all its end-of-epoch work done).
     pub epoch_finished: bool,
     /// Latest value of every logged metric (Lightning's `callback_metrics`).
+    #[serde(with = "non_finite::map")]
     pub logged: BTreeMap<String, f64>,
     /// Every logged value, in order.
     pub records: Vec<MetricRecord>,
@@ -596,5 +687,32 @@ impl YAwareContrastiveLearning {
     /// The training history of the last `fit`.
     pub fn history(&self) -> &History {
         &self.state.history
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trainer_state_round_trips_through_json_bit_for_bit_including_non_finite_values() {
+        let mut s = TrainerState::default();
+        s.log("loss/val", f64::NAN);
+        s.log("a", 0.1 + 0.2);
+        s.log("b", f64::NEG_INFINITY);
+        s.history.train_loss = vec![(0, 2.1990690827369686), (1, f64::INFINITY)];
+        s.history.lr = vec![(0, 0.0011200000000000001)];
+        let json = serde_json::to_vec(&s).unwrap();
+        let back: TrainerState = serde_json::from_slice(&json).unwrap();
+        let bits = |m: &BTreeMap<String, f64>| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.to_bits()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&back.logged), bits(&s.logged));
+        assert_eq!(back.history.lr, s.history.lr);
+        assert_eq!(back.history.train_loss[0], s.history.train_loss[0]);
+        assert_eq!(back.history.train_loss[1].1, f64::INFINITY);
+        assert!(back.records[0].value.is_nan());
     }
 }
