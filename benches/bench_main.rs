@@ -12,6 +12,7 @@ criterion_group!(
     groups::losses::bench,
     groups::optim::bench,
     groups::data::bench,
-    groups::backbones::bench
+    groups::backbones::bench,
+    groups::train_step::bench
 );
 criterion_main!(benches);

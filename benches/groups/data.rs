@@ -6,7 +6,7 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use yaware_data::augment::{
-    CropOrPad, EraseValue, KeepShape, RandomErasing, RandomFlip, RandomGaussianBlur,
+    CropOrPad, EraseValue, KeepShape, PadMode, RandomErasing, RandomFlip, RandomGaussianBlur,
     RandomGaussianNoise, RandomResizedCrop, RandomRotation, RobustRescaling, SampleRng, Transform,
     Volume, ZNormalization, paper_all_tf, paper_cutout,
 };
@@ -36,6 +36,10 @@ pub(crate) fn bench(c: &mut Criterion) {
         (
             "crop_or_pad_128",
             Box::new(CropOrPad::new([128, 128, 128], 0.0).unwrap()),
+        ),
+        (
+            "crop_or_pad_128_reflect",
+            Box::new(CropOrPad::with_mode([128, 128, 128], PadMode::Reflect).unwrap()),
         ),
         (
             "gaussian_blur_sigma1",

@@ -4,6 +4,7 @@ pub(crate) mod backbones;
 pub(crate) mod data;
 pub(crate) mod losses;
 pub(crate) mod optim;
+pub(crate) mod train_step;
 
 /// Deterministic inputs: SplitMix64 turned into standard normals (Box–Muller), so every run
 /// benchmarks the same numbers.

@@ -48,13 +48,16 @@ fn list_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// The `<label>` of the BIDS entity `sub-<label>` in the file name, if any.
+/// The `<label>` of the BIDS entity `sub-<label>` in the file name, if any: the entity at the
+/// start of the name or after `_`, else the first `sub-` anywhere (tools prefix the names of
+/// their outputs, e.g. CAT12's `mwp1sub-01_T1w.nii`).
 pub(crate) fn subject_label(path: &Path) -> Option<&str> {
     let name = path.file_name()?.to_str()?;
-    let start = name
-        .match_indices("sub-")
-        .map(|(i, _)| i)
-        .find(|&i| i == 0 || matches!(name.as_bytes()[i - 1], b'_' | b'.'))?
+    let starts: Vec<usize> = name.match_indices("sub-").map(|(i, _)| i).collect();
+    let start = starts
+        .iter()
+        .find(|&&i| i == 0 || name.as_bytes()[i - 1] == b'_')
+        .or(starts.first())?
         + 4;
     let rest = &name[start..];
     let end = rest
@@ -207,11 +210,15 @@ fn read_volume(path: &Path, shape: [usize; 4]) -> std::result::Result<Volume, St
 /// axis as the channels, `T` of them. The [`Volume`] is `(C, D, H, W) = (T, X, Y, Z)`: the
 /// spatial axes keep the file's logical order (nibabel's `get_fdata()` order, the one OpenBHB's
 /// `.npy` arrays use). `scl_slope` / `scl_inter` are applied (a slope of 0 means no scaling).
+/// The voxels are taken as stored: the affines (`qform` / `sform`) are neither checked nor
+/// applied, so the files are assumed to share an orientation and a grid (as registered or
+/// VBM images do).
 ///
 /// **Matching files to the table.** The files are found recursively under the folder (hidden
 /// entries skipped) and sorted by path. With a table, each file name must contain the BIDS
-/// entity `sub-<label>` (`<label>` alphanumeric), matched to the id column (`participant_id` by
-/// default), whose values may carry the `sub-` prefix or not. Several files of one subject
+/// entity `sub-<label>` (`<label>` alphanumeric; at the start of the name or after `_`, else
+/// anywhere, for tools' prefixed outputs such as CAT12's `mwp1sub-01_T1w.nii`), matched to the
+/// id column (`participant_id` by default), whose values may carry the `sub-` prefix or not. Several files of one subject
 /// (sessions, runs) are several samples with the same targets.
 #[derive(Debug, Clone)]
 pub struct NiftiDataset {
@@ -416,9 +423,17 @@ mod tests {
         let l = |s: &str| subject_label(Path::new(s)).map(str::to_string);
         assert_eq!(l("sub-01_T1w.nii.gz").as_deref(), Some("01"));
         assert_eq!(l("/x/sub-A12_ses-1_T1w.nii").as_deref(), Some("A12"));
-        assert_eq!(l("mwp1sub-3.nii"), None, "`sub-` must start an entity");
-        assert_eq!(l("rsub-3.nii"), None);
+        assert_eq!(
+            l("mwp1sub-3_T1w.nii").as_deref(),
+            Some("3"),
+            "a tool's prefix"
+        );
         assert_eq!(l("x_sub-3.nii").as_deref(), Some("3"));
+        assert_eq!(
+            l("rsub-9_sub-3.nii").as_deref(),
+            Some("3"),
+            "the entity first"
+        );
         assert_eq!(l("sub-.nii"), None);
         assert_eq!(l("T1w.nii"), None);
     }

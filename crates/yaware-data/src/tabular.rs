@@ -425,8 +425,8 @@ impl<T: VectorTransform + 'static> TabularLoader<T> {
                     let mut rng = SampleRng::new(seed, epoch, i as u64, k);
                     let v = transform.apply(dataset.features(i)?.to_vec(), &mut rng)?;
                     if v.len() != f {
-                        return Err(Error::Volume(format!(
-                            "a vector transform changed the length from {f} to {}",
+                        return Err(Error::Dataset(format!(
+                            "a vector transform changed the length from {f} to {} (sample {i})",
                             v.len()
                         )));
                     }

@@ -213,6 +213,35 @@ fn flip_reverses_an_axis_and_twice_is_the_identity() {
 }
 
 #[test]
+fn flips_of_any_axes_match_the_index_formula() {
+    // Odd and even sizes (middle planes and rows), several channels; every subset of axes
+    // (one pass in place must equal out[c, z, y, x] = in[c, z', y', x']).
+    for shape in [[2, 3, 4, 5], [1, 4, 3, 2], [1, 5, 5, 5], [3, 1, 2, 1]] {
+        let v = volume(shape);
+        let [c, d, h, w] = shape;
+        for mask in 0..8usize {
+            let axes: Vec<usize> = (0..3).filter(|a| mask >> a & 1 == 1).collect();
+            let out = RandomFlip::new(axes.clone(), 1.0)
+                .unwrap()
+                .apply(v.clone(), &mut rng(0))
+                .unwrap();
+            let f = |a: usize, i: usize, n: usize| if axes.contains(&a) { n - 1 - i } else { i };
+            for ci in 0..c {
+                for z in 0..d {
+                    for y in 0..h {
+                        for x in 0..w {
+                            let src = ((ci * d + f(0, z, d)) * h + f(1, y, h)) * w + f(2, x, w);
+                            let dst = ((ci * d + z) * h + y) * w + x;
+                            assert_eq!(out.data()[dst], v.data()[src], "{shape:?} {axes:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn noise_has_the_requested_std() {
     let v = Volume::new([1, 40, 40, 40], vec![1.0; 64_000]).unwrap();
     let noise = RandomGaussianNoise::new((0.0, 0.0), (0.1, 0.1)).unwrap();
@@ -406,6 +435,73 @@ fn pad_modes_combine_axis_by_axis_and_mix_with_crops() {
     assert_eq!(out.shape(), [2, 2, 1, 3]);
     assert_eq!(out.data(), [2., 2., 2., 3., 3., 3., 6., 6., 6., 7., 7., 7.]);
     assert!(CropOrPad::with_mode([1, 0, 1], PadMode::Wrap).is_err());
+}
+
+/// numpy's source index of padded position `s` (an input coordinate) on an axis of size `n`.
+fn numpy_source(mode: PadMode, s: isize, n: isize) -> Option<usize> {
+    let i = match mode {
+        _ if (0..n).contains(&s) => s,
+        PadMode::Constant(_) => return None,
+        PadMode::Edge => s.clamp(0, n - 1),
+        PadMode::Reflect if n == 1 => 0,
+        PadMode::Reflect => {
+            let m = s.rem_euclid(2 * n - 2);
+            m.min(2 * n - 2 - m)
+        }
+        PadMode::Symmetric => {
+            let m = s.rem_euclid(2 * n);
+            m.min(2 * n - 1 - m)
+        }
+        PadMode::Wrap => s.rem_euclid(n),
+    };
+    Some(i as usize)
+}
+
+#[test]
+fn crop_or_pad_matches_the_per_voxel_formula_for_every_mode() {
+    let v = volume([2, 5, 6, 7]);
+    let modes = [
+        PadMode::Constant(9.0),
+        PadMode::Edge,
+        PadMode::Reflect,
+        PadMode::Symmetric,
+        PadMode::Wrap,
+    ];
+    for target in [[3, 9, 4], [8, 2, 16], [5, 13, 7], [1, 1, 1], [12, 12, 12]] {
+        for mode in modes {
+            let out = CropOrPad::with_mode(target, mode)
+                .unwrap()
+                .apply(v.clone(), &mut rng(0))
+                .unwrap();
+            assert_eq!(out.spatial(), target);
+            let src = |o: usize, out: usize, inp: usize| {
+                let off = if out >= inp {
+                    -(((out - inp) / 2) as isize)
+                } else {
+                    ((inp - out) / 2) as isize
+                };
+                numpy_source(mode, o as isize + off, inp as isize)
+            };
+            let [od, oh, ow] = target;
+            let mut k = 0;
+            for c in 0..2 {
+                for z in 0..od {
+                    for y in 0..oh {
+                        for x in 0..ow {
+                            let expected = match (src(z, od, 5), src(y, oh, 6), src(x, ow, 7)) {
+                                (Some(sz), Some(sy), Some(sx)) => {
+                                    v.data()[((c * 5 + sz) * 6 + sy) * 7 + sx]
+                                }
+                                _ => 9.0,
+                            };
+                            assert_eq!(out.data()[k], expected, "{target:?} {mode:?}");
+                            k += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[test]

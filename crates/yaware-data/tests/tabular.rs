@@ -305,3 +305,24 @@ fn augmented_views_differ_and_are_reproducible_whatever_the_prefetch() {
     assert_eq!(a, b);
     assert_ne!(a[0].0, a[0].1, "the two views are augmented independently");
 }
+
+/// A broken augmentation that drops the last feature.
+#[derive(Debug)]
+struct DropLast;
+
+impl VectorTransform for DropLast {
+    fn apply(&self, mut x: Vec<f32>, _rng: &mut SampleRng) -> Result<Vec<f32>, Error> {
+        x.pop();
+        Ok(x)
+    }
+}
+
+#[test]
+fn a_transform_changing_the_length_is_an_error() {
+    let l = TabularLoader::new(dataset(3), DropLast, LoaderConfig::default()).unwrap();
+    let e = l.epoch(0).next().unwrap().unwrap_err();
+    assert!(
+        matches!(&e, Error::Dataset(m) if m.contains("changed the length from 3 to 2")),
+        "{e}"
+    );
+}

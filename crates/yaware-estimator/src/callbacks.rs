@@ -260,7 +260,8 @@ pub struct ModelCheckpoint {
     pub save_top_k: usize,
     /// Also write `last.safetensors`.
     pub save_last: bool,
-    /// Also save after every n-th optimizer step (mid-epoch), as `last`.
+    /// Also save after every n-th optimizer step (mid-epoch, never inside a gradient
+    /// accumulation window), as `last`.
     pub every_n_train_steps: Option<u64>,
     best: Vec<(f64, PathBuf)>,
 }
@@ -345,11 +346,7 @@ impl Callback for ModelCheckpoint {
             && n > 0
             && state.global_step > 0
             && state.global_step.is_multiple_of(n)
-            && state
-                .history
-                .lr
-                .last()
-                .is_some_and(|(s, _)| s + 1 == state.global_step)
+            && state.optimizer_stepped
         {
             self.save_last(state, model)?;
         }

@@ -525,6 +525,10 @@ pub struct YAwareConfig {
     pub max_epochs: Option<u64>,
     /// Optimizer-step limit.
     pub max_steps: Option<u64>,
+    /// Use only the first n training batches of every epoch (Lightning's integer form).
+    pub limit_train_batches: Option<usize>,
+    /// Use only the first n validation batches.
+    pub limit_val_batches: Option<usize>,
     /// Validation batches run before training as a sanity check (default 2).
     pub num_sanity_val_steps: usize,
     /// Validate every n epochs (default 1).
@@ -563,6 +567,8 @@ impl Default for YAwareConfig {
             lr_scheduler_kwargs: None,
             max_epochs: None,
             max_steps: None,
+            limit_train_batches: None,
+            limit_val_batches: None,
             num_sanity_val_steps: 2,
             check_val_every_n_epoch: 1,
             log_every_n_steps: 50,
@@ -625,6 +631,12 @@ impl YAwareConfig {
         }
         if let Some(c) = self.gradient_clip_val {
             positive("gradient_clip_val", c)?;
+        }
+        if self.limit_train_batches == Some(0) {
+            return Err(invalid("limit_train_batches", 0, "must be >= 1 (or unset)"));
+        }
+        if self.limit_val_batches == Some(0) {
+            return Err(invalid("limit_val_batches", 0, "must be >= 1 (or unset)"));
         }
         if self.max_steps == Some(0) {
             return Err(invalid("max_steps", 0, "must be >= 1 (or unset)"));

@@ -8,6 +8,42 @@
 //!
 //! Place in the workspace: the top library crate; it depends on every other `yaware-*` crate
 //! and is the only one that knows about epochs, callbacks, checkpoints and logging.
+//!
+//! # Parity with the reference (nidl 0.0.2, API page 0.0.1)
+//!
+//! Reproduced: the 0.0.1 API defaults (τ 0.1, Gaussian kernel, bandwidth 1.0, optimizer
+//! `"adam"` with `{betas: (0.9, 0.99), weight_decay: 5e-5}`, lr 1e-4, no scheduler, head
+//! 2048 → 512 → 128); two separate encoder passes per step (per-view batch-norm statistics);
+//! nidl 0.0.2's parameter groups (`backbone`, `backbone_no_decay`, `head`, `head_no_decay`
+//! with `exclude_bias_and_norm_wd`); `warmup_cosine` with the warmup converted to steps
+//! (`warmup_epochs × T / max_epochs`, a float, with the reference's recursion); `transform`
+//! returns encoder features only, eval mode; logged `loss/train` (per step) and `loss/val`
+//! (batch-size weighted epoch mean); Lightning's limits (1000 epochs without limits), sanity
+//! check (2 batches), `check_val_every_n_epoch`, gradient clipping by norm
+//! (`max_norm/(norm + 1e-6)`), gradient accumulation (loss divided by the factor). Whole
+//! training steps match the reference's golden runs to 1e-9 (`tests/parity_train.rs`).
+//!
+//! Deliberate differences:
+//! - `optimizer = "sgd"` with the default kwargs trains (`weight_decay` 5e-5 only); the
+//!   reference crashes on `betas`. A keyword the optimizer does not have is a typed error.
+//! - An optimizer instance with `optimizer_kwargs = None` works (the reference raises
+//!   `TypeError` on `len(None)`); the "ignoring kwargs" warnings appear only when kwargs were
+//!   given.
+//! - `ReduceLROnPlateau` is supported, with `monitor` (checked when the estimator is built).
+//! - The head's `input_dim` is checked against the encoder when the estimator is built, not at
+//!   the first forward.
+//! - Step methods work without a trainer; `fit` keeps the history on error; a non-finite
+//!   training loss is a typed error ([`Error::NonFiniteLoss`]) raised before the update.
+//! - Epoch-interval schedulers step before `on_train_epoch_end` (Lightning: after), so
+//!   checkpoints written there resume exactly.
+//! - Checkpoints are safetensors: the `state_dict` names plus `optimizer.*`, `lr_scheduler.*`
+//!   and the trainer state as JSON bytes (`trainer_state_json`). The metrics file is long
+//!   format (`epoch,step,metric,value`). Resuming is exact for data sources whose batches are a
+//!   function of the epoch (the data crate's loader); the dropout generator of an MLP encoder
+//!   and a lazily fitted Scott/Silverman bandwidth are not saved.
+//! - `exclude_bias_and_norm_wd` defaults to false (the 0.0.1 API has one group per module).
+//! - Probes (ridge, logistic, kNN) are our own small implementations: logistic regression is
+//!   one-vs-rest for more than two classes (scikit-learn's default is multinomial).
 
 mod callbacks;
 mod config;

@@ -38,6 +38,92 @@ use crate::error::{Error, Result, io_err};
 use crate::model::YAwareContrastiveLearning;
 use crate::source::BatchSource;
 
+/// Serialisation of f64 values that may be non-finite: numbers stay numbers, NaN and ±inf
+/// become the strings `"NaN"`, `"inf"`, `"-inf"` (JSON has no literal for them).
+mod non_finite {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Num(f64),
+        Text(String),
+    }
+
+    fn to(v: f64) -> Repr {
+        if v.is_finite() {
+            Repr::Num(v)
+        } else {
+            Repr::Text(v.to_string())
+        }
+    }
+
+    fn from<E: serde::de::Error>(r: Repr) -> Result<f64, E> {
+        match r {
+            Repr::Num(v) => Ok(v),
+            Repr::Text(t) => t
+                .parse::<f64>()
+                .map_err(|_| E::custom(format!("not a number: {t:?}"))),
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        to(*v).serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        from(Repr::deserialize(d)?)
+    }
+
+    pub(super) mod map {
+        use super::*;
+
+        pub(in super::super) fn serialize<S: Serializer>(
+            m: &BTreeMap<String, f64>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            m.iter()
+                .map(|(k, v)| (k, to(*v)))
+                .collect::<BTreeMap<_, _>>()
+                .serialize(s)
+        }
+
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<BTreeMap<String, f64>, D::Error> {
+            BTreeMap::<String, Repr>::deserialize(d)?
+                .into_iter()
+                .map(|(k, v)| Ok((k, from(v)?)))
+                .collect()
+        }
+    }
+
+    pub(super) mod pairs {
+        use super::*;
+
+        pub(in super::super) fn serialize<S: Serializer>(
+            v: &[(u64, f64)],
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            v.iter()
+                .map(|(k, x)| (*k, to(*x)))
+                .collect::<Vec<_>>()
+                .serialize(s)
+        }
+
+        pub(in super::super) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Vec<(u64, f64)>, D::Error> {
+            Vec::<(u64, Repr)>::deserialize(d)?
+                .into_iter()
+                .map(|(k, v)| Ok((k, from(v)?)))
+                .collect()
+        }
+    }
+}
+
 /// One logged value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricRecord {
@@ -48,6 +134,7 @@ pub struct MetricRecord {
     /// Metric name (`loss/train`, `loss/val`, `lr/backbone`, …).
     pub name: String,
     /// Value.
+    #[serde(with = "non_finite")]
     pub value: f64,
 }
 
@@ -56,10 +143,13 @@ pub struct MetricRecord {
 pub struct History {
     /// `(global step, loss)` of every training batch (the step is the optimizer-step count
     /// before the batch's update).
+    #[serde(with = "non_finite::pairs")]
     pub train_loss: Vec<(u64, f64)>,
     /// `(epoch, loss)` of every validation epoch.
+    #[serde(with = "non_finite::pairs")]
     pub val_loss: Vec<(u64, f64)>,
     /// `(global step, lr of the first group)` used by every optimizer step.
+    #[serde(with = "non_finite::pairs")]
     pub lr: Vec<(u64, f64)>,
 }
 
@@ -76,6 +166,7 @@ pub struct TrainerState {
     /// Whether the current epoch is complete (all its end-of-epoch work done).
     pub epoch_finished: bool,
     /// Latest value of every logged metric (Lightning's `callback_metrics`).
+    #[serde(with = "non_finite::map")]
     pub logged: BTreeMap<String, f64>,
     /// Every logged value, in order.
     pub records: Vec<MetricRecord>,
@@ -89,6 +180,10 @@ pub struct TrainerState {
     pub max_steps: Option<u64>,
     /// Samples seen in training.
     pub samples_seen: u64,
+    /// Whether the last training batch ended with an optimizer step (false inside a gradient
+    /// accumulation window).
+    #[serde(skip)]
+    pub optimizer_stepped: bool,
     /// True while the sanity-check validation runs.
     #[serde(skip)]
     pub sanity_checking: bool,
@@ -260,7 +355,10 @@ impl YAwareContrastiveLearning {
         ckpt_path: Option<&Path>,
         user_callbacks: &mut Vec<Box<dyn Callback>>,
     ) -> Result<()> {
-        let num_batches = train.num_batches();
+        let num_batches = self
+            .config
+            .limit_train_batches
+            .map_or(train.num_batches(), |l| l.min(train.num_batches()));
         if num_batches == 0 {
             return Err(crate::error::invalid(
                 "train",
@@ -320,11 +418,37 @@ impl YAwareContrastiveLearning {
             }
         }
 
+        let result = self.train_loop(train, val, &mut state, &mut cbs, resumed);
+        // Kept on error too (e.g. a non-finite loss): the history up to the failure.
+        self.state = state;
+        result
+    }
+
+    fn train_loop(
+        &mut self,
+        train: &dyn BatchSource,
+        val: Option<&dyn BatchSource>,
+        state: &mut TrainerState,
+        cbs: &mut [&mut Box<dyn Callback>],
+        resumed: bool,
+    ) -> Result<()> {
+        let num_batches = state.num_train_batches;
         macro_rules! hook {
             ($method:ident $(, $arg:expr)*) => {{
                 for cb in cbs.iter_mut() {
-                    if cb.$method(&mut state, &*self $(, $arg)*)? == Control::Stop {
+                    if cb.$method(state, &*self $(, $arg)*)? == Control::Stop {
                         state.should_stop = true;
+                    }
+                }
+            }};
+        }
+
+        // Checkpoints are written in these two hooks: every callback's state goes in first.
+        macro_rules! collect_states {
+            () => {{
+                for cb in cbs.iter() {
+                    if let Some(v) = cb.state_dict() {
+                        state.callback_states.insert(cb.name().to_string(), v);
                     }
                 }
             }};
@@ -353,15 +477,20 @@ impl YAwareContrastiveLearning {
         let reached_max_steps = |s: &TrainerState| s.max_steps.is_some_and(|m| s.global_step >= m);
         'epochs: while state.max_epochs.is_none_or(|m| state.epoch < m)
             && !state.should_stop
-            && !reached_max_steps(&state)
+            && !reached_max_steps(state)
         {
             let epoch = state.epoch;
             hook!(on_train_epoch_start);
             let skip = state.batch_in_epoch;
             let mut grads: Option<GradStore> = None;
             let mut pending = 0usize;
-            for (batch_idx, batch) in train.batches(epoch).enumerate().skip(skip) {
-                if reached_max_steps(&state) {
+            for (batch_idx, batch) in train
+                .batches(epoch)
+                .enumerate()
+                .take(num_batches)
+                .skip(skip)
+            {
+                if reached_max_steps(state) {
                     break;
                 }
                 let batch = batch?;
@@ -396,7 +525,8 @@ impl YAwareContrastiveLearning {
                 }
                 state.samples_seen += batch.len() as u64;
                 let last = batch_idx + 1 == num_batches;
-                if pending == acc || last {
+                state.optimizer_stepped = pending == acc || last;
+                if state.optimizer_stepped {
                     let mut g = grads.take().ok_or(Error::NoOptimizer)?;
                     if let Some(max_norm) = self.config.gradient_clip_val {
                         self.clip_grad_norm(&mut g, max_norm)?;
@@ -406,9 +536,10 @@ impl YAwareContrastiveLearning {
                     self.optimizer_step(&g)?;
                     pending = 0;
                     state.global_step += 1;
-                    self.step_scheduler(&state, yaware_optim::Interval::Step)?;
+                    self.step_scheduler(state, yaware_optim::Interval::Step)?;
                 }
                 state.batch_in_epoch = batch_idx + 1;
+                collect_states!();
                 hook!(on_train_batch_end, &out, batch_idx);
                 if state.should_stop {
                     break 'epochs;
@@ -416,14 +547,15 @@ impl YAwareContrastiveLearning {
             }
             state.batch_in_epoch = num_batches;
             if let Some(val) = val
-                && (epoch + 1) % self.config.check_val_every_n_epoch == 0
+                && (epoch + 1).is_multiple_of(self.config.check_val_every_n_epoch)
             {
-                self.run_validation(val, &mut state, &mut cbs)?;
+                self.run_validation(val, state, cbs)?;
             }
-            if (epoch + 1) % self.lr_frequency() as u64 == 0 {
-                self.step_scheduler(&state, yaware_optim::Interval::Epoch)?;
+            if (epoch + 1).is_multiple_of(self.lr_frequency() as u64) {
+                self.step_scheduler(state, yaware_optim::Interval::Epoch)?;
             }
             state.epoch_finished = true;
+            collect_states!();
             hook!(on_train_epoch_end);
             state.epoch_finished = false;
             state.epoch += 1;
@@ -431,7 +563,6 @@ impl YAwareContrastiveLearning {
         }
         // Leave the state pointing at the last completed position.
         hook!(on_fit_end);
-        self.state = state;
         Ok(())
     }
 
@@ -453,7 +584,8 @@ impl YAwareContrastiveLearning {
             }
         }
         let (mut total, mut count) = (0.0, 0usize);
-        for (i, b) in val.batches(state.epoch).enumerate() {
+        let limit = self.config.limit_val_batches.unwrap_or(usize::MAX);
+        for (i, b) in val.batches(state.epoch).enumerate().take(limit) {
             let b = b?;
             let out = self.validation_step(&b, i)?;
             let n = b.len();
@@ -555,5 +687,32 @@ impl YAwareContrastiveLearning {
     /// The training history of the last `fit`.
     pub fn history(&self) -> &History {
         &self.state.history
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trainer_state_round_trips_through_json_bit_for_bit_including_non_finite_values() {
+        let mut s = TrainerState::default();
+        s.log("loss/val", f64::NAN);
+        s.log("a", 0.1 + 0.2);
+        s.log("b", f64::NEG_INFINITY);
+        s.history.train_loss = vec![(0, 2.1990690827369686), (1, f64::INFINITY)];
+        s.history.lr = vec![(0, 0.0011200000000000001)];
+        let json = serde_json::to_vec(&s).unwrap();
+        let back: TrainerState = serde_json::from_slice(&json).unwrap();
+        let bits = |m: &BTreeMap<String, f64>| {
+            m.iter()
+                .map(|(k, v)| (k.clone(), v.to_bits()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&back.logged), bits(&s.logged));
+        assert_eq!(back.history.lr, s.history.lr);
+        assert_eq!(back.history.train_loss[0], s.history.train_loss[0]);
+        assert_eq!(back.history.train_loss[1].1, f64::INFINITY);
+        assert!(back.records[0].value.is_nan());
     }
 }

@@ -91,10 +91,16 @@ fn reference_ssl_and_weakly_supervised_tests() {
             ..base_config()
         },
     ] {
+        // The reference test's `limit_train_batches=3`.
+        let config = YAwareConfig {
+            limit_train_batches: Some(3),
+            ..config
+        };
         let mut m = YAwareContrastiveLearning::new(config).unwrap();
         m.fit(&unlabelled, None).unwrap();
         assert_eq!(m.transform(x_batches(&x)).unwrap().dims(), &[20, 10]);
-        assert_eq!(m.history().train_loss.len(), 20);
+        // max_epochs 2 × limit_train_batches 3.
+        assert_eq!(m.history().train_loss.len(), 6);
     }
     // test_weakly_sup: bandwidth 2, and a Silverman KernelMetric fitted on the (constant) labels.
     let (_, labelled) = data(true);
@@ -194,6 +200,20 @@ fn every_configuration_error_is_typed() {
             ..c()
         },
         "gradient_clip_val",
+    );
+    assert_invalid(
+        YAwareConfig {
+            limit_train_batches: Some(0),
+            ..c()
+        },
+        "limit_train_batches",
+    );
+    assert_invalid(
+        YAwareConfig {
+            limit_val_batches: Some(0),
+            ..c()
+        },
+        "limit_val_batches",
     );
     assert_invalid(
         YAwareConfig {
@@ -458,57 +478,74 @@ fn weights(m: &YAwareContrastiveLearning) -> Vec<(String, Vec<f32>)> {
 fn resuming_from_a_checkpoint_equals_the_uninterrupted_run() {
     let (_, train) = data(true);
     let val = train[..3].to_vec();
-    let config = YAwareConfig {
-        max_epochs: Some(4),
-        optimizer: OptimizerName::AdamW,
-        lr_scheduler: Some(LrSchedulerSpec::WarmupCosine {
-            warmup_epochs: 1.0,
-            warmup_start_lr: 1e-5,
-            min_lr: 0.0,
-            closed_form: false,
-        }),
-        learning_rate: 1e-2,
-        ..base_config()
-    };
-    let mut full = YAwareContrastiveLearning::new(config.clone()).unwrap();
-    full.fit(&train, Some(&val)).unwrap();
-    // Interrupted at the end of epoch 1, and mid-epoch at step 25.
-    for (name, stop) in [
-        (
-            "epoch",
-            StopAt {
-                epoch: Some(1),
-                step: None,
-            },
-        ),
-        (
-            "step",
-            StopAt {
-                epoch: None,
-                step: Some(25),
-            },
-        ),
-    ] {
-        let dir = tmpdir(&format!("resume-{name}"));
-        let ckpt = ModelCheckpoint::last_only(&dir).every_n_train_steps(25);
-        let last = ckpt.last_path();
-        let mut part = YAwareContrastiveLearning::builder(config.clone())
-            .callback(Box::new(ckpt))
-            .callback(Box::new(stop))
+    // Without and with gradient accumulation (10 batches per epoch: 10 or 5 steps per epoch).
+    for (acc, stop_step) in [(1usize, 25u64), (2, 13)] {
+        let config = YAwareConfig {
+            max_epochs: Some(4),
+            optimizer: OptimizerName::AdamW,
+            lr_scheduler: Some(LrSchedulerSpec::WarmupCosine {
+                warmup_epochs: 1.0,
+                warmup_start_lr: 1e-5,
+                min_lr: 0.0,
+                closed_form: false,
+            }),
+            learning_rate: 1e-2,
+            accumulate_grad_batches: acc,
+            ..base_config()
+        };
+        let es = || Box::new(EarlyStopping::new("loss/val", Mode::Min, 100, 0.0).unwrap());
+        let mut full = YAwareContrastiveLearning::builder(config.clone())
+            .callback(es())
             .build()
             .unwrap();
-        part.fit(&train, Some(&val)).unwrap();
-        assert!(part.history().train_loss.len() < full.history().train_loss.len());
-        let mut resumed = YAwareContrastiveLearning::new(YAwareConfig {
-            random_state: Some(99),
-            ..config.clone()
-        })
-        .unwrap();
-        resumed.fit_from(&train, Some(&val), Some(&last)).unwrap();
-        assert_eq!(weights(&resumed), weights(&full), "{name}");
-        assert_eq!(resumed.history(), full.history(), "{name}");
-        assert_eq!(resumed.trainer_state().global_step, 40);
-        let _ = std::fs::remove_dir_all(&dir);
+        full.fit(&train, Some(&val)).unwrap();
+        // Interrupted at the end of epoch 1, and mid-epoch after step `stop_step`.
+        for (name, stop) in [
+            (
+                "epoch",
+                StopAt {
+                    epoch: Some(1),
+                    step: None,
+                },
+            ),
+            (
+                "step",
+                StopAt {
+                    epoch: None,
+                    step: Some(stop_step),
+                },
+            ),
+        ] {
+            let dir = tmpdir(&format!("resume-{name}-{acc}"));
+            let ckpt = ModelCheckpoint::last_only(&dir).every_n_train_steps(stop_step);
+            let last = ckpt.last_path();
+            let mut part = YAwareContrastiveLearning::builder(config.clone())
+                .callback(Box::new(ckpt))
+                .callback(Box::new(stop))
+                .callback(es())
+                .build()
+                .unwrap();
+            part.fit(&train, Some(&val)).unwrap();
+            assert!(part.history().train_loss.len() < full.history().train_loss.len());
+            let mut resumed = YAwareContrastiveLearning::builder(YAwareConfig {
+                random_state: Some(99),
+                ..config.clone()
+            })
+            .callback(es())
+            .build()
+            .unwrap();
+            resumed.fit_from(&train, Some(&val), Some(&last)).unwrap();
+            assert_eq!(weights(&resumed), weights(&full), "{name} acc {acc}");
+            assert_eq!(resumed.history(), full.history(), "{name} acc {acc}");
+            assert_eq!(resumed.trainer_state().global_step, 40 / acc as u64);
+            // The early-stopping state (best value, wait counter) travelled in the checkpoint.
+            let saved = &resumed.trainer_state().callback_states["EarlyStopping"];
+            assert!(
+                saved["best"].as_f64().is_some_and(f64::is_finite),
+                "{saved}"
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+        }
     }
 }
 
@@ -712,6 +749,9 @@ fn a_non_finite_loss_stops_training_with_the_step_and_keeps_the_last_checkpoint(
         ),
         "{e}"
     );
+    // The history up to the failure is kept; the bad batch is not in it.
+    assert_eq!(m.history().train_loss.len(), 13);
+    assert!(!m.fitted());
     let last = dir.join("checkpoints/last.safetensors");
     let mut other = YAwareContrastiveLearning::new(config).unwrap();
     other.load_weights(&last).unwrap();
@@ -943,4 +983,128 @@ fn metrics_and_probing_callbacks_log_during_fit() {
         .filter(|r| r.name == "alignment/train")
         .count();
     assert_eq!(n_align, 4, "every 5 of 20 batches");
+}
+
+#[test]
+fn user_optimizer_and_scheduler_instances_and_batch_parsing() {
+    use yaware_data::BatchItem;
+    use yaware_optim::{
+        Interval, LrSchedulerConfig, ReduceLrOnPlateau, Schedule, Scheduler, Sgd, SgdConfig,
+    };
+    let (_, train) = data(true);
+    // An instance with the default optimizer_kwargs = None works (the reference raises
+    // TypeError on `len(None)`), and no warning is raised.
+    let mut m = YAwareContrastiveLearning::new(base_config()).unwrap();
+    let groups = m.param_groups();
+    let mut opt = Sgd::new(
+        groups,
+        SgdConfig {
+            lr: 0.5,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let sched = Scheduler::new(
+        Schedule::StepLr {
+            step_size: 1,
+            gamma: 0.5,
+        },
+        &mut opt,
+    )
+    .unwrap();
+    m.set_optimizer(Box::new(opt));
+    m.set_lr_scheduler(Box::new(sched), LrSchedulerConfig::default())
+        .unwrap();
+    assert!(m.warnings().is_empty());
+    m.fit(&train, None).unwrap();
+    let lrs: Vec<f64> = m.history().lr.iter().map(|(_, l)| *l).collect();
+    assert_eq!((lrs[0], lrs[10]), (0.5, 0.25), "epoch-interval StepLR");
+    // A plateau scheduler instance without a monitor is refused at once.
+    let plateau = ReduceLrOnPlateau::new(Default::default(), m.optimizer().unwrap()).unwrap();
+    assert!(
+        m.set_lr_scheduler(
+            Box::new(plateau),
+            LrSchedulerConfig {
+                interval: Interval::Epoch,
+                ..Default::default()
+            }
+        )
+        .is_err()
+    );
+    // parse_batch: `[X1, X2]`, `([X1, X2], y)`, and a bad batch with the dump.
+    let (x1, x2) = (train[0].x1().clone(), train[0].x2().clone());
+    let y = train[0].y().unwrap().clone();
+    let b = m
+        .parse_batch(&BatchItem::pair(BatchItem::pair(x1.clone(), x2.clone()), y))
+        .unwrap();
+    assert!(b.y().is_some());
+    assert!(
+        m.parse_batch(&BatchItem::pair(x1.clone(), x2))
+            .unwrap()
+            .y()
+            .is_none()
+    );
+    let e = m.parse_batch(&BatchItem::Tensor(x1)).unwrap_err();
+    assert!(
+        matches!(e, Error::Data(_)) && e.to_string().contains("Got"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_bandwidth_form_trains() {
+    let (_, train) = data(true);
+    for bandwidth in [
+        BandwidthSpec::Scalar(2.0),
+        BandwidthSpec::Diagonal(vec![2.0]),
+        BandwidthSpec::Full(vec![vec![2.0]]),
+        BandwidthSpec::Rule("silverman".into()),
+    ] {
+        let config = YAwareConfig {
+            bandwidth: bandwidth.clone(),
+            max_epochs: Some(1),
+            ..base_config()
+        };
+        let json = serde_json::to_string(&config).unwrap();
+        let back: YAwareConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, config, "{json}");
+        let mut m = YAwareContrastiveLearning::new(config).unwrap();
+        m.fit(&train, None)
+            .unwrap_or_else(|e| panic!("{bandwidth:?}: {e}"));
+    }
+}
+
+#[test]
+fn user_head_module_and_learning_rate_monitor() {
+    use yaware_estimator::LearningRateMonitor;
+    let (x, train) = data(false);
+    let vm = candle_nn::VarMap::new();
+    let head = yaware_backbones::Mlp::new(
+        MlpConfig::new(10, vec![6, 4]),
+        &vm,
+        3,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let mut m = YAwareContrastiveLearning::builder(base_config())
+        .projection_head(Box::new(head))
+        .callback(Box::new(LearningRateMonitor))
+        .build()
+        .unwrap();
+    assert!(
+        m.warnings()
+            .iter()
+            .any(|w| w.contains("projection_head_kwargs"))
+    );
+    let names: Vec<String> = m.named_parameters().into_iter().map(|(n, _)| n).collect();
+    assert!(
+        names.contains(&"projection_head.2.weight".to_string()),
+        "{names:?}"
+    );
+    m.fit(&train, None).unwrap();
+    assert_eq!(m.transform(x_batches(&x)).unwrap().dims(), &[20, 10]);
+    let logged = &m.trainer_state().logged;
+    assert_eq!(logged["lr/backbone"], 1e-4);
+    assert_eq!(logged["lr/head"], 1e-4);
 }

@@ -34,36 +34,94 @@ impl RandomFlip {
     }
 }
 
-/// Reverses spatial axis `axis` (0 = D, 1 = H, 2 = W) in place.
-pub(super) fn flip_axis(v: &mut Volume, axis: usize) {
+/// Swaps rows `a` and `b`, reversing both if `reverse`.
+fn swap_rows(a: &mut [f32], b: &mut [f32], reverse: bool) {
+    if reverse {
+        for (x, y) in a.iter_mut().zip(b.iter_mut().rev()) {
+            std::mem::swap(x, y);
+        }
+    } else {
+        a.swap_with_slice(b);
+    }
+}
+
+/// Flips one plane `(H, W)` in place along H and / or W.
+fn flip_plane(p: &mut [f32], w: usize, flip_h: bool, flip_w: bool) {
+    let h = p.len() / w;
+    if flip_h {
+        let (top, bottom) = p.split_at_mut(h / 2 * w);
+        let bottom_len = bottom.len();
+        // Row y pairs with row h − 1 − y; the middle row of an odd h stays (reversed if W).
+        let (middle, bottom) = bottom.split_at_mut(bottom_len - h / 2 * w);
+        for (a, b) in top
+            .chunks_exact_mut(w)
+            .zip(bottom.chunks_exact_mut(w).rev())
+        {
+            swap_rows(a, b, flip_w);
+        }
+        if flip_w {
+            middle.reverse();
+        }
+    } else if flip_w {
+        p.chunks_exact_mut(w).for_each(<[f32]>::reverse);
+    }
+}
+
+/// Swaps planes `a` and `b` `(H, W)`, flipping both along H and / or W.
+fn swap_planes(a: &mut [f32], b: &mut [f32], w: usize, flip_h: bool, flip_w: bool) {
+    let rows_b: Vec<&mut [f32]> = b.chunks_exact_mut(w).collect();
+    let mut rows_b = rows_b;
+    if flip_h {
+        rows_b.reverse();
+    }
+    for (ra, rb) in a.chunks_exact_mut(w).zip(rows_b) {
+        swap_rows(ra, rb, flip_w);
+    }
+}
+
+/// Reverses the spatial axes marked in `axes` (D, H, W) in place, in one pass over the voxels,
+/// planes in parallel.
+pub(super) fn flip_axes(v: &mut Volume, axes: [bool; 3]) {
     let [_, d, h, w] = v.shape();
-    let dims = [d, h, w];
-    // Strides of the spatial axes within a channel.
-    let strides = [h * w, w, 1];
-    let (n, stride) = (dims[axis], strides[axis]);
-    let block = n * stride;
+    let [flip_d, flip_h, flip_w] = axes;
+    let plane = h * w;
+    if plane == 0 || !(flip_d || flip_h || flip_w) {
+        return;
+    }
     for channel in v.channels_mut() {
-        for slab in channel.chunks_exact_mut(block) {
-            if stride == 1 {
-                slab.reverse();
-                continue;
-            }
-            // Swap whole rows / planes, first with last.
-            for i in 0..n / 2 {
-                let (lo, hi) = slab.split_at_mut((n - 1 - i) * stride);
-                lo[i * stride..(i + 1) * stride].swap_with_slice(&mut hi[..stride]);
-            }
+        if flip_d {
+            // Plane z pairs with plane d − 1 − z; the middle plane of an odd d flips alone.
+            let (lo, rest) = channel.split_at_mut(d / 2 * plane);
+            let (middle, hi) = rest.split_at_mut(rest.len() - d / 2 * plane);
+            lo.par_chunks_mut(plane)
+                .zip(hi.par_chunks_mut(plane).rev())
+                .for_each(|(a, b)| swap_planes(a, b, w, flip_h, flip_w));
+            flip_plane(middle, w, flip_h, flip_w);
+        } else {
+            channel
+                .par_chunks_mut(plane)
+                .for_each(|p| flip_plane(p, w, flip_h, flip_w));
         }
     }
 }
 
+/// Reverses spatial axis `axis` (0 = D, 1 = H, 2 = W) in place.
+pub(super) fn flip_axis(v: &mut Volume, axis: usize) {
+    let mut axes = [false; 3];
+    axes[axis] = true;
+    flip_axes(v, axes);
+}
+
 impl Transform for RandomFlip {
     fn apply(&self, mut volume: Volume, rng: &mut SampleRng) -> Result<Volume> {
+        // An axis listed twice flips twice (the identity), as the reference's loop does.
+        let mut axes = [false; 3];
         for &axis in &self.axes {
             if rng.uniform() < self.flip_probability {
-                flip_axis(&mut volume, axis);
+                axes[axis] ^= true;
             }
         }
+        flip_axes(&mut volume, axes);
         Ok(volume)
     }
 }
@@ -165,15 +223,42 @@ impl ZNormalization {
     }
 }
 
+/// `Σ f(x)` over `xs` in f64, in 8 interleaved accumulators (vectorised; a fixed order).
+fn lane_sum(xs: &[f32], f: impl Fn(f64) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = xs.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &x) in acc.iter_mut().zip(c) {
+            *a += f(x as f64);
+        }
+    }
+    let tail_sum: f64 = tail.iter().map(|&x| f(x as f64)).sum();
+    acc.iter().sum::<f64>() + tail_sum
+}
+
+/// Voxels per partial sum of the z-normalisation statistics: the sums are added in a fixed
+/// order, so the result does not depend on the number of threads.
+const STATS_CHUNK: usize = 1 << 15;
+
 impl Transform for ZNormalization {
     fn apply(&self, mut volume: Volume, _rng: &mut SampleRng) -> Result<Volume> {
         for channel in volume.channels_mut() {
-            let selected = |x: &f32| self.mask.as_ref().is_none_or(|m| m(*x));
-            let (mut n, mut sum) = (0usize, 0.0f64);
-            for x in channel.iter().filter(|x| selected(x)) {
-                n += 1;
-                sum += *x as f64;
-            }
+            let mask = self.mask.as_deref();
+            // Partial (count, sum) per chunk, in parallel, added in order.
+            let partial: Vec<(usize, f64)> = channel
+                .par_chunks(STATS_CHUNK)
+                .map(|c| match mask {
+                    None => (c.len(), lane_sum(c, |x| x)),
+                    Some(m) => c
+                        .iter()
+                        .filter(|&&x| m(x))
+                        .fold((0, 0.0), |(n, s), &x| (n + 1, s + x as f64)),
+                })
+                .collect();
+            let (n, sum) = partial
+                .iter()
+                .fold((0, 0.0), |(n, s), &(k, p)| (n + k, s + p));
             if n == 0 {
                 return Err(Error::Volume(
                     "z-normalisation: the mask selects no voxel".into(),
@@ -181,15 +266,25 @@ impl Transform for ZNormalization {
             }
             let mean = sum / n as f64;
             let var = channel
-                .iter()
-                .filter(|x| selected(x))
-                .map(|&x| (x as f64 - mean).powi(2))
+                .par_chunks(STATS_CHUNK)
+                .map(|c| match mask {
+                    None => lane_sum(c, |x| (x - mean) * (x - mean)),
+                    Some(m) => c
+                        .iter()
+                        .filter(|&&x| m(x))
+                        .map(|&x| (x as f64 - mean).powi(2))
+                        .sum::<f64>(),
+                })
+                .collect::<Vec<f64>>()
+                .into_iter()
                 .sum::<f64>()
                 / n as f64;
             let scale = 1.0 / (var.sqrt() + self.eps);
-            for x in channel.iter_mut() {
-                *x = ((*x as f64 - mean) * scale) as f32;
-            }
+            channel.par_chunks_mut(STATS_CHUNK).for_each(|c| {
+                for x in c {
+                    *x = ((*x as f64 - mean) * scale) as f32;
+                }
+            });
         }
         Ok(volume)
     }
@@ -269,63 +364,73 @@ impl CropOrPad {
 }
 
 /// For each output index along an axis, the input index it copies (`None`: the constant).
-/// Offset of the output origin in input coordinates along an axis (negative when padding).
-fn centre_offset(inp: usize, out: usize) -> isize {
-    if out >= inp {
-        -(((out - inp) / 2) as isize)
-    } else {
-        ((inp - out) / 2) as isize
+/// Crops or pads axis `axis` (1 = D, 2 = H, 3 = W) of the `(C, D, H, W)` voxels `buf` to
+/// `out`, centred, in place: a crop moves blocks towards the start (forwards), a pad moves the
+/// input to its centred place (backwards) and fills the margins from it, so no other buffer is
+/// allocated (fresh big allocations page-fault; this also keeps the input's pages warm).
+fn crop_or_pad_axis(
+    buf: &mut Vec<f32>,
+    shape: &mut [usize; 4],
+    axis: usize,
+    out: usize,
+    mode: PadMode,
+) {
+    let n = shape[axis];
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    if out < n {
+        let start = (n - out) / 2;
+        // Block `o` goes to `o·out ≤ o·n + start`: never over a block still to be moved.
+        for o in 0..outer {
+            let src = (o * n + start) * inner;
+            buf.copy_within(src..src + out * inner, o * out * inner);
+        }
+        buf.truncate(outer * out * inner);
+    } else if out > n {
+        let before = (out - n) / 2;
+        let value = match mode {
+            PadMode::Constant(v) => v,
+            _ => 0.0,
+        };
+        buf.resize(outer * out * inner, value);
+        // Block `o` (and its margins) lands at or after `o·n·inner`, the end of the blocks
+        // still to be moved, which are before it.
+        for o in (0..outer).rev() {
+            let base = o * out * inner;
+            buf.copy_within(o * n * inner..(o + 1) * n * inner, base + before * inner);
+            for k in (0..before).chain(before + n..out) {
+                let dst = base + k * inner;
+                match mode.source(k as isize - before as isize, n) {
+                    None => buf[dst..dst + inner].fill(value),
+                    Some(s) => {
+                        let src = base + (before + s) * inner;
+                        buf.copy_within(src..src + inner, dst);
+                    }
+                }
+            }
+        }
     }
-}
-
-/// For each output index along an axis, the input index it copies (`None`: the constant).
-fn axis_map(inp: usize, out: usize, mode: PadMode) -> Vec<Option<usize>> {
-    let off = centre_offset(inp, out);
-    (0..out)
-        .map(|o| mode.source(o as isize + off, inp))
-        .collect()
+    shape[axis] = out;
 }
 
 impl Transform for CropOrPad {
     fn apply(&self, volume: Volume, _rng: &mut SampleRng) -> Result<Volume> {
-        let [c, d, h, w] = volume.shape();
-        let [od, oh, ow] = self.target_shape;
-        if [d, h, w] == self.target_shape {
-            return Ok(volume);
+        let Volume {
+            mut shape,
+            mut data,
+        } = volume;
+        let target = self.target_shape;
+        // The axes are independent (padding is separable, as numpy's axis-by-axis padding):
+        // crops first, so the buffer shrinks before it grows, then pads, growing it once.
+        let final_len = shape[0] * target.iter().product::<usize>();
+        let input = shape;
+        for axis in (1..4).filter(|&a| target[a - 1] < input[a]) {
+            crop_or_pad_axis(&mut data, &mut shape, axis, target[axis - 1], self.mode);
         }
-        let value = match self.mode {
-            PadMode::Constant(v) => v,
-            _ => 0.0,
-        };
-        let (md, mh, mw) = (
-            axis_map(d, od, self.mode),
-            axis_map(h, oh, self.mode),
-            axis_map(w, ow, self.mode),
-        );
-        // The output run [x0, x1) inside the input along W, copied row by row from sx0.
-        let fw = centre_offset(w, ow);
-        let x0 = (-fw).max(0) as usize;
-        let x1 = (w as isize - fw).clamp(x0 as isize, ow as isize) as usize;
-        let sx0 = (x0 as isize + fw) as usize;
-        let plane = oh * ow;
-        // Zeroed memory is mapped lazily: each output page is faulted in once, by the thread
-        // that writes its plane.
-        let mut data = vec![0.0f32; c * od * plane];
-        data.par_chunks_mut(plane).enumerate().for_each(|(p, out)| {
-            let (ci, z) = (p / od, p % od);
-            let src = &volume.data()[ci * d * h * w..(ci + 1) * d * h * w];
-            for (y, row) in out.chunks_exact_mut(ow).enumerate() {
-                let (Some(sz), Some(sy)) = (md[z], mh[y]) else {
-                    row.fill(value);
-                    continue;
-                };
-                let src_row = &src[(sz * h + sy) * w..][..w];
-                row[x0..x1].copy_from_slice(&src_row[sx0..sx0 + (x1 - x0)]);
-                for x in (0..x0).chain(x1..ow) {
-                    row[x] = mw[x].map_or(value, |sx| src_row[sx]);
-                }
-            }
-        });
-        Volume::new([c, od, oh, ow], data)
+        data.reserve_exact(final_len.saturating_sub(data.len()));
+        for axis in (1..4).filter(|&a| target[a - 1] > input[a]) {
+            crop_or_pad_axis(&mut data, &mut shape, axis, target[axis - 1], self.mode);
+        }
+        Volume::new(shape, data)
     }
 }
