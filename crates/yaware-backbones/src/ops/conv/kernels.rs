@@ -713,6 +713,8 @@ pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
     let partials = plan.map_groups(|tiles, par| {
         let mut acc = vec![T::ZERO; c_out * kdim];
         let mut sc = Scratch::<T>::default();
+        // The first gemm of a group overwrites the (zero) accumulator instead of reading it.
+        let mut accumulate = false;
         for tile in tiles {
             let cols = plan.cols(tile);
             let tlen = cols.len();
@@ -726,7 +728,7 @@ pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
                             [c_out, c_in, seg.len],
                             acc.as_mut_ptr(),
                             kdim,
-                            true,
+                            accumulate,
                             dy.as_ptr().add(seg.n * c_out * s_n + seg.s0),
                             [1, s_n],
                             x.as_ptr().add(seg.n * in_sample + seg.s0),
@@ -734,6 +736,7 @@ pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
                             par,
                         );
                     }
+                    accumulate = true;
                 }
                 continue;
             }
@@ -748,7 +751,7 @@ pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
                     [c_out, kdim, tlen],
                     acc.as_mut_ptr(),
                     kdim,
-                    true,
+                    accumulate,
                     lhs,
                     [1, lhs_rs],
                     col.as_ptr(),
@@ -756,6 +759,7 @@ pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
                     par,
                 );
             }
+            accumulate = true;
         }
         acc
     });
