@@ -254,6 +254,13 @@ fn cases() -> Vec<Case> {
             params: Conv3dParams::new(1, 1).with_stride([1, 2, 3]),
             ..Case::new([1, 2, 5, 4, 2], 3, 3, 1, 1)
         },
+        // Output rows longer than a tile (runs cut at tile boundaries).
+        Case {
+            x: [1, 2, 1, 2, 700],
+            c_out: 2,
+            kernel: [1, 1, 3],
+            params: Conv3dParams::default().with_padding([0, 0, 1]),
+        },
         // Many tiles, some spanning two samples.
         Case::new([3, 2, 9, 9, 9], 3, 3, 1, 1),
         Case::new([3, 4, 9, 9, 9], 3, 1, 1, 0),
@@ -273,7 +280,7 @@ fn matches_naive_forward_and_gradients() {
 #[test]
 fn matches_naive_with_one_and_three_threads() {
     // The tiling depends on the thread count (groups of tiles, round sizes, parallel gemm).
-    let picks = [0, 1, 10, 11, 12];
+    let picks = [0, 1, 3, 7, 10, 11, 12, 13];
     for threads in [1, 3] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

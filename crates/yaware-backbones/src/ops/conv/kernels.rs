@@ -1,13 +1,21 @@
-//! CPU kernels of `conv3d`: tiled im2col + `gemm` for the forward pass and the weight
-//! gradient, `Wᵀ·dY` + col2im for the input gradient.
+//! CPU kernels of `conv3d`: tiled im2col + `gemm`.
 //!
 //! The output positions `(n, od, oh, ow)` are flattened into one axis of length
-//! `P = N·oD·oH·oW` and cut into tiles of a few hundred columns. A tile's column buffer is the
-//! `(K, T)` matrix (`K = C_in·kD·kH·kW` rows, `T` tile columns, row-major) of the input values
-//! each output position sees; the forward pass is then `(C_out, K) · (K, T)`. Tiles are spread
-//! over the rayon threads in contiguous groups, each with its own buffers and a
-//! single-threaded `gemm`; when the whole problem is one tile (tiny spatial sizes) the `gemm`
-//! itself runs in parallel.
+//! `P = N·oD·oH·oW` and cut into tiles of a few hundred columns (whole output rows when a row
+//! fits). A tile's column buffer is the `(K, T)` matrix (`K = C_in·kD·kH·kW` rows, `T` tile
+//! columns, row-major) of the input values each output position sees; the forward pass is then
+//! `(C_out, K) · (K, T)`. Tiles are spread over the rayon threads in contiguous groups, each with
+//! its own buffers and a single-threaded `gemm`; when the whole problem is one small tile (tiny
+//! volumes) the `gemm` itself runs in parallel.
+//!
+//! im2col reads a staged copy of the input ([`Staging`]: zero-padded, W split into stride
+//! phases), so that every (row, output row) pair is one contiguous copy with no bounds tests.
+//!
+//! - Weight gradient: `dW = Σ_tiles dY_tile · colᵀ`, accumulated per thread group, then summed.
+//! - Input gradient: for stride 1, the forward kernel on `dY` with the flipped, transposed
+//!   weights; otherwise `Wᵀ · dY` per tile and a col2im scatter-add, parallel over channels.
+//! - 1×1×1 kernels: stride 1 and no padding is a plain matmul per sample (no im2col); strided is
+//!   a subsample followed by that matmul.
 
 use std::ops::Range;
 
@@ -705,6 +713,8 @@ pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
     let partials = plan.map_groups(|tiles, par| {
         let mut acc = vec![T::ZERO; c_out * kdim];
         let mut sc = Scratch::<T>::default();
+        // The first gemm of a group overwrites the (zero) accumulator instead of reading it.
+        let mut accumulate = false;
         for tile in tiles {
             let cols = plan.cols(tile);
             let tlen = cols.len();
@@ -718,7 +728,7 @@ pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
                             [c_out, c_in, seg.len],
                             acc.as_mut_ptr(),
                             kdim,
-                            true,
+                            accumulate,
                             dy.as_ptr().add(seg.n * c_out * s_n + seg.s0),
                             [1, s_n],
                             x.as_ptr().add(seg.n * in_sample + seg.s0),
@@ -726,6 +736,7 @@ pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
                             par,
                         );
                     }
+                    accumulate = true;
                 }
                 continue;
             }
@@ -740,7 +751,7 @@ pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
                     [c_out, kdim, tlen],
                     acc.as_mut_ptr(),
                     kdim,
-                    true,
+                    accumulate,
                     lhs,
                     [1, lhs_rs],
                     col.as_ptr(),
@@ -748,6 +759,7 @@ pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
                     par,
                 );
             }
+            accumulate = true;
         }
         acc
     });

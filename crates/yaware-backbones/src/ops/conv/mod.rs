@@ -1,9 +1,10 @@
 //! `conv3d`: tiled im2col + gemm custom op with a hand-written backward.
 //!
 //! The op is a `candle_core::CustomOp2` on `(x, w)`. Its backward pass calls two helper ops
-//! without autograd: the weight gradient (`dY · colᵀ`, accumulated per thread) and, unless
-//! disabled or not needed, the input gradient (`Wᵀ · dY`, then a race-free col2im). See
-//! `kernels.rs` for the tiling.
+//! without autograd: the weight gradient (`dY · colᵀ`, accumulated per thread) when `w` is
+//! tracked, and the input gradient when `params.input_grad` is set and `x` is tracked (for
+//! stride 1 a convolution of `dY` with the flipped kernel, otherwise `Wᵀ · dY` and a race-free
+//! col2im). See `kernels.rs` for the tiling.
 
 mod kernels;
 
