@@ -132,8 +132,96 @@ impl Geometry {
 // ---------------------------------------------------------------------------------------------
 // Max pooling.
 
-/// Window maxima and the in-volume index of each window's first maximum.
+/// Window maxima and the in-volume index of each window's first maximum, separably: maxima
+/// along W, then along H of those, then along D. Scanning each axis in order with PyTorch's
+/// update rule (strictly greater, or NaN) selects the same element as PyTorch's (d, h, w) scan
+/// of the whole window: the first maximum, or the last NaN.
 fn max_forward<T: Real>(x: &[T], g: &Geometry) -> (Vec<T>, Vec<u32>) {
+    let (il, ol) = (g.in_len(), g.out_len());
+    let [rd, rh, rw] = g.ranges();
+    let [id, ih, iw] = g.input;
+    let [_, oh, ow] = g.output;
+    let mut out = vec![T::from_f64(0.0); g.volumes() * ol];
+    let mut arg = vec![0u32; g.volumes() * ol];
+    out.par_chunks_mut(ol)
+        .zip(arg.par_chunks_mut(ol))
+        .enumerate()
+        .for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+            |(av, ai, bv, bi), (v, (out, arg))| {
+                let x = &x[v * il..(v + 1) * il];
+                // Along W: (D, H, OW).
+                av.clear();
+                av.resize(id * ih * ow, T::NEG_INFINITY);
+                ai.clear();
+                ai.resize(id * ih * ow, 0u32);
+                for (r, row) in x.chunks_exact(iw).enumerate() {
+                    let (mv, mi) = (&mut av[r * ow..(r + 1) * ow], &mut ai[r * ow..(r + 1) * ow]);
+                    for (o, &(w0, w1)) in rw.iter().enumerate() {
+                        let (mut m, mut k) = (row[w0], w0);
+                        for (w, &val) in row.iter().enumerate().take(w1).skip(w0 + 1) {
+                            // Branch-free: random data makes this branch unpredictable.
+                            let take = val > m || val.is_nan();
+                            m = if take { val } else { m };
+                            k = if take { w } else { k };
+                        }
+                        mv[o] = m;
+                        mi[o] = (r * iw + k) as u32;
+                    }
+                }
+                // Along H: (D, OH, OW).
+                bv.clear();
+                bv.resize(id * oh * ow, T::NEG_INFINITY);
+                bi.clear();
+                bi.resize(id * oh * ow, 0u32);
+                for d in 0..id {
+                    for (o, &(h0, h1)) in rh.iter().enumerate() {
+                        let dst = (d * oh + o) * ow..(d * oh + o + 1) * ow;
+                        let rows = (d * ih + h0) * ow..(d * ih + h1) * ow;
+                        select_max(
+                            &mut bv[dst.clone()],
+                            &mut bi[dst],
+                            &av[rows.clone()],
+                            &ai[rows],
+                        );
+                    }
+                }
+                // Along D: (OD, OH, OW).
+                let plane = oh * ow;
+                for (o, &(d0, d1)) in rd.iter().enumerate() {
+                    let dst = o * plane..(o + 1) * plane;
+                    let planes = d0 * plane..d1 * plane;
+                    select_max(
+                        &mut out[dst.clone()],
+                        &mut arg[dst],
+                        &bv[planes.clone()],
+                        &bi[planes],
+                    );
+                }
+            },
+        );
+    (out, arg)
+}
+
+/// Folds the rows of `vals` (and their indices), in order, into `(m, mi)` with PyTorch's rule:
+/// the first row initialises, a later value replaces only if strictly greater or NaN.
+#[inline]
+fn select_max<T: Real>(m: &mut [T], mi: &mut [u32], vals: &[T], idx: &[u32]) {
+    let n = m.len();
+    m.copy_from_slice(&vals[..n]);
+    mi.copy_from_slice(&idx[..n]);
+    for (vals, idx) in vals[n..].chunks_exact(n).zip(idx[n..].chunks_exact(n)) {
+        for ((m, mi), (&v, &i)) in m.iter_mut().zip(mi.iter_mut()).zip(vals.iter().zip(idx)) {
+            let take = v > *m || v.is_nan();
+            *m = if take { v } else { *m };
+            *mi = if take { i } else { *mi };
+        }
+    }
+}
+
+/// The direct (window by window) form of [`max_forward`], kept as its test oracle.
+#[cfg(test)]
+fn max_forward_direct<T: Real>(x: &[T], g: &Geometry) -> (Vec<T>, Vec<u32>) {
     let (il, ol) = (g.in_len(), g.out_len());
     let [rd, rh, rw] = g.ranges();
     let [_, ih, iw] = g.input;
@@ -378,4 +466,45 @@ pub fn adaptive_max_pool3d_1(x: &Tensor) -> Result<Tensor> {
         argmax: OnceLock::new(),
     };
     Ok(x.contiguous()?.apply_op1(op)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The separable max pooling selects the same values and indices as the direct scan on
+    /// inputs full of ties, −∞ and NaNs, over assorted geometries.
+    #[test]
+    fn separable_max_equals_direct_scan() {
+        let mut state = 7u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        let cases = [
+            ([2, 3, 7, 6, 5], [3; 3], [2; 3], [1; 3]),
+            ([1, 2, 9, 8, 7], [3, 2, 4], [1, 2, 3], [1, 1, 2]),
+            ([1, 1, 4, 5, 6], [4, 5, 6], [4, 5, 6], [0; 3]),
+            ([2, 2, 5, 5, 5], [2; 3], [1; 3], [0; 3]),
+        ];
+        for (shape, k, s, p) in cases {
+            let len: usize = shape.iter().product();
+            let x: Vec<f64> = (0..len)
+                .map(|_| match next() % 10 {
+                    0 => f64::NAN,
+                    1 => f64::NEG_INFINITY,
+                    r => (r % 4) as f64,
+                })
+                .collect();
+            let t = Tensor::from_vec(x.clone(), &shape, &candle_core::Device::Cpu).unwrap();
+            let g = Geometry::new("max_pool3d", &t, k, s, p).unwrap();
+            let (a, ai) = max_forward(&x, &g);
+            let (b, bi) = max_forward_direct(&x, &g);
+            assert_eq!(ai, bi, "{shape:?} {k:?} {s:?} {p:?}");
+            let same = |u: f64, v: f64| u == v || (u.is_nan() && v.is_nan());
+            assert!(a.iter().zip(&b).all(|(&u, &v)| same(u, v)));
+        }
+    }
 }
