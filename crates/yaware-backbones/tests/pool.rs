@@ -454,4 +454,15 @@ fn bad_inputs_are_typed_errors() {
     );
     input_error(adaptive_max_pool3d_1(&xi), "adaptive_max_pool3d", "U32");
     input_error(adaptive_avg_pool3d_1(&xi), "adaptive_avg_pool3d", "U32");
+    let empty = Tensor::zeros((1, 2, 3, 0, 2), DType::F32, &dev).unwrap();
+    input_error(
+        adaptive_max_pool3d_1(&empty),
+        "adaptive_max_pool3d",
+        "[1, 2, 3, 0, 2]",
+    );
+    input_error(
+        adaptive_avg_pool3d_1(&empty),
+        "adaptive_avg_pool3d",
+        "[1, 2, 3, 0, 2]",
+    );
 }

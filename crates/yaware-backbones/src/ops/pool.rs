@@ -446,10 +446,22 @@ pub fn avg_pool3d(
 // ---------------------------------------------------------------------------------------------
 // Adaptive pooling to 1³.
 
+fn non_empty(op: &'static str, x: &Tensor, volume: usize) -> Result<()> {
+    if volume == 0 {
+        return Err(Error::Input {
+            op,
+            problem: format!("cannot pool empty volumes, got shape {:?}", x.dims()),
+        });
+    }
+    Ok(())
+}
+
 /// Adaptive average pooling to `1³`: `(N, C, D, H, W) → (N, C, 1, 1, 1)`, the mean over each
-/// volume (candle ops, autograd included). Errors: a non-5D, non-float or non-CPU input.
+/// volume (candle ops, autograd included). Errors: a non-5D, non-float, non-CPU or empty
+/// (`D·H·W = 0`) input.
 pub fn adaptive_avg_pool3d_1(x: &Tensor) -> Result<Tensor> {
-    let [n, c, ..] = check_volume("adaptive_avg_pool3d", x)?;
+    let [n, c, d, h, w] = check_volume("adaptive_avg_pool3d", x)?;
+    non_empty("adaptive_avg_pool3d", x, d * h * w)?;
     Ok(x.reshape((n, c, ()))?
         .mean_keepdim(2)?
         .reshape((n, c, 1, 1, 1))?)
@@ -457,9 +469,10 @@ pub fn adaptive_avg_pool3d_1(x: &Tensor) -> Result<Tensor> {
 
 /// Adaptive max pooling to `1³`: `(N, C, D, H, W) → (N, C, 1, 1, 1)`, the maximum of each
 /// volume; in backward the first maximum receives the gradient (PyTorch's rule, NaN counting
-/// as a maximum). Errors: a non-5D, non-float or non-CPU input.
+/// as a maximum). Errors: a non-5D, non-float, non-CPU or empty (`D·H·W = 0`) input.
 pub fn adaptive_max_pool3d_1(x: &Tensor) -> Result<Tensor> {
     let [_, _, d, h, w] = check_volume("adaptive_max_pool3d", x)?;
+    non_empty("adaptive_max_pool3d", x, d * h * w)?;
     let geo = Geometry::new("adaptive_max_pool3d", x, [d, h, w], [d, h, w], [0; 3])?;
     let op = MaxPool3dOp {
         geo,
