@@ -35,7 +35,18 @@ impl Geometry {
         stride: [usize; 3],
         padding: [usize; 3],
     ) -> Result<Self> {
-        let [n, c, d, h, w] = check_volume(op, x)?;
+        Self::from_dims(op, check_volume(op, x)?, kernel, stride, padding)
+    }
+
+    /// [`Geometry::new`] on the dims of a checked input.
+    fn from_dims(
+        op: &'static str,
+        dims: [usize; 5],
+        kernel: [usize; 3],
+        stride: [usize; 3],
+        padding: [usize; 3],
+    ) -> Result<Self> {
+        let [n, c, d, h, w] = dims;
         if kernel.contains(&0) {
             return Err(Error::InvalidParam {
                 name: "kernel_size",
@@ -67,7 +78,7 @@ impl Geometry {
                     problem: format!(
                         "input shape {:?} is too small for kernel {kernel:?} with padding \
                          {padding:?}",
-                        x.dims()
+                        dims
                     ),
                 });
             }
@@ -76,7 +87,7 @@ impl Geometry {
         if d * h * w > u32::MAX as usize {
             return Err(Error::Input {
                 op,
-                problem: format!("volumes of shape {:?} are too large to pool", x.dims()),
+                problem: format!("volumes of shape {dims:?} are too large to pool"),
             });
         }
         Ok(Self {
@@ -519,5 +530,28 @@ mod tests {
             let same = |u: f64, v: f64| u == v || (u.is_nan() && v.is_nan());
             assert!(a.iter().zip(&b).all(|(&u, &v)| same(u, v)));
         }
+    }
+
+    /// Volumes of more than `u32::MAX` voxels cannot have their argmax recorded as u32.
+    #[test]
+    fn oversized_volumes_are_refused() {
+        let dims = [1, 1, 2048, 2048, 1025];
+        match Geometry::from_dims("max_pool3d", dims, [2; 3], [2; 3], [0; 3]) {
+            Err(Error::Input { op, problem }) => {
+                assert_eq!(op, "max_pool3d");
+                assert!(problem.contains("[1, 1, 2048, 2048, 1025]"), "{problem}");
+            }
+            other => panic!("expected an input error, got {other:?}"),
+        }
+        assert!(
+            Geometry::from_dims(
+                "max_pool3d",
+                [1, 1, 2048, 2048, 1023],
+                [2; 3],
+                [2; 3],
+                [0; 3]
+            )
+            .is_ok()
+        );
     }
 }
