@@ -47,6 +47,12 @@ impl Geometry {
         padding: [usize; 3],
     ) -> Result<Self> {
         let [n, c, d, h, w] = dims;
+        if d * h * w == 0 {
+            return Err(Error::Input {
+                op,
+                problem: format!("cannot pool empty volumes, got shape {dims:?}"),
+            });
+        }
         if kernel.contains(&0) {
             return Err(Error::InvalidParam {
                 name: "kernel_size",
@@ -327,9 +333,9 @@ impl CustomOp1 for MaxPool3dOp {
 ///
 /// `kernel`, `stride` and `padding` are per axis `[D, H, W]`; the output has
 /// `floor((L + 2p − k) / s) + 1` positions per axis. f32 and f64 on the CPU. Errors: a
-/// non-5D, non-float or non-CPU input ([`Error::Input`]); a zero kernel size or stride, or a
-/// padding above half the kernel ([`Error::InvalidParam`]); a volume smaller than the window
-/// ([`Error::Input`]).
+/// non-5D, non-float, non-CPU or empty (`D·H·W = 0`) input ([`Error::Input`]); a zero kernel
+/// size or stride, or a padding above half the kernel ([`Error::InvalidParam`]); a padded
+/// volume smaller than the window ([`Error::Input`]).
 pub fn max_pool3d(
     x: &Tensor,
     kernel: [usize; 3],
