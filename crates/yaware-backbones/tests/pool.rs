@@ -441,6 +441,9 @@ fn bad_inputs_are_typed_errors() {
         // W = 2 with padding 1 gives 4 < kernel 5.
         input_error(pool(&x, [1, 1, 5], [1; 3], [0, 0, 1]), op, "too small");
         input_error(pool(&x, [5, 1, 1], [1; 3], [0; 3]), op, "[1, 1, 4, 3, 2]");
+        // An empty volume, even with padding that would make room for the kernel.
+        let empty = Tensor::zeros((1, 1, 4, 3, 0), DType::F32, &dev).unwrap();
+        input_error(pool(&empty, [2; 3], [2; 3], [1; 3]), op, "empty volumes");
     }
     input_error(
         adaptive_max_pool3d_1(&x4),
@@ -454,4 +457,15 @@ fn bad_inputs_are_typed_errors() {
     );
     input_error(adaptive_max_pool3d_1(&xi), "adaptive_max_pool3d", "U32");
     input_error(adaptive_avg_pool3d_1(&xi), "adaptive_avg_pool3d", "U32");
+    let empty = Tensor::zeros((1, 2, 3, 0, 2), DType::F32, &dev).unwrap();
+    input_error(
+        adaptive_max_pool3d_1(&empty),
+        "adaptive_max_pool3d",
+        "[1, 2, 3, 0, 2]",
+    );
+    input_error(
+        adaptive_avg_pool3d_1(&empty),
+        "adaptive_avg_pool3d",
+        "[1, 2, 3, 0, 2]",
+    );
 }

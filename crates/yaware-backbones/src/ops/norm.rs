@@ -2,9 +2,10 @@
 //!
 //! On the CPU the whole layer (statistics, normalisation, affine map and optionally the ReLU)
 //! is one `CustomOp3(x, γ, β)` whose forward makes one pass for the statistics and one for the
-//! output, and whose backward makes two passes (per-channel sums, then `dx`), all parallel
-//! over channels or (sample, channel) planes. f32 inputs accumulate statistics in f64. Other
-//! devices use composed candle ops (same results, autograd from candle).
+//! output, and whose backward makes two passes (per-channel sums, then `dx`). Both run one
+//! rayon task per channel, whose second pass re-reads the channel while it is still in cache.
+//! f32 inputs accumulate statistics in f64. Other devices use composed candle ops (same
+//! results, autograd from candle).
 
 use std::sync::{Arc, OnceLock};
 
@@ -19,8 +20,6 @@ use crate::{Error, Result};
 const EPS: f64 = 1e-5;
 /// PyTorch's default `momentum`.
 const MOMENTUM: f64 = 0.1;
-/// Elements per parallel task, at least, in the elementwise passes.
-const MIN_TASK: usize = 1 << 14;
 
 /// 3D batch normalisation over `(N, D, H, W)` per channel: eps 1e-5, momentum 0.1, running
 /// variance updated with the unbiased batch variance, `num_batches_tracked` counted. Its
@@ -370,57 +369,155 @@ fn shifted_sums<T: Real>(xs: &[T], shift: f64) -> (f64, f64) {
     (s, q)
 }
 
-/// Per-channel mean and biased variance (shifted by the channel's first value for accuracy).
-fn moments<T: Real>(x: &[T], n: usize, c: usize, s: usize) -> (Vec<f64>, Vec<f64>) {
+/// The `(sample, channel)` planes of channel `ch` in a `(N, C, S)` buffer.
+fn planes<T>(buf: &[T], n: usize, c: usize, s: usize, ch: usize) -> impl Iterator<Item = &[T]> {
+    (0..n).map(move |b| &buf[(b * c + ch) * s..(b * c + ch + 1) * s])
+}
+
+/// The `(sample, channel)` planes of a `(N, C, S)` buffer as disjoint mutable slices, grouped
+/// by channel, so one task can own a whole channel.
+fn planes_by_channel<T>(buf: &mut [T], c: usize, s: usize) -> Vec<Vec<&mut [T]>> {
+    let mut groups: Vec<Vec<&mut [T]>> = (0..c).map(|_| Vec::new()).collect();
+    if s > 0 {
+        for (i, plane) in buf.chunks_mut(s).enumerate() {
+            groups[i % c].push(plane);
+        }
+    }
+    groups
+}
+
+/// Mean and biased variance of channel `ch` (shifted by its first value for accuracy).
+fn moments<T: Real>(x: &[T], (n, c, s): (usize, usize, usize), ch: usize) -> (f64, f64) {
     let count = (n * s) as f64;
-    (0..c)
-        .into_par_iter()
-        .map(|ch| {
-            let shift = x[ch * s].to_f64();
-            let (mut sum, mut sq) = (0.0, 0.0);
-            for b in 0..n {
-                let (a, q) = shifted_sums(&x[(b * c + ch) * s..][..s], shift);
-                sum += a;
-                sq += q;
-            }
-            let m = sum / count;
-            (shift + m, (sq / count - m * m).max(0.0))
-        })
-        .unzip()
+    let shift = x[ch * s].to_f64();
+    let (mut sum, mut sq) = (0.0, 0.0);
+    for plane in planes(x, n, c, s, ch) {
+        let (a, q) = shifted_sums(plane, shift);
+        sum += a;
+        sq += q;
+    }
+    let m = sum / count;
+    (shift + m, (sq / count - m * m).max(0.0))
 }
 
-/// Per-channel `(μ, γ·invstd, β)` in the element type.
-fn affine<T: Real>(gamma: &[T], beta: &[T], st: &ChannelStats) -> Vec<(T, T, T)> {
-    (0..gamma.len())
-        .map(|c| {
-            let a = gamma[c].to_f64() * st.invstd[c];
-            (T::from_f64(st.mean[c]), T::from_f64(a), beta[c])
-        })
-        .collect()
-}
-
-fn normalize<T: Real>(x: &[T], coef: &[(T, T, T)], s: usize, relu: bool) -> Vec<T> {
-    let c = coef.len();
+/// The forward pass, one task per channel (its statistics, in train mode, then its output
+/// while its values are still in cache). Returns the output and each channel's (mean, biased
+/// variance).
+fn forward_kernel<T: Real>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    ncs: (usize, usize, usize),
+    fixed: Option<&ChannelStats>,
+    relu: bool,
+) -> (Vec<T>, Vec<(f64, f64)>) {
+    let (n, c, s) = ncs;
     let zero = T::from_f64(0.0);
     let mut out = vec![zero; x.len()];
-    out.par_chunks_mut(s.max(1))
-        .zip(x.par_chunks(s.max(1)))
+    let stats = planes_by_channel(&mut out, c, s)
+        .into_par_iter()
         .enumerate()
-        .with_min_len(MIN_TASK / s.max(1) + 1)
-        .for_each(|(i, (out, x))| {
-            let (m, a, b) = coef[i % c];
-            if relu {
-                for (o, &v) in out.iter_mut().zip(x) {
-                    let y = (v - m) * a + b;
-                    *o = if y < zero { zero } else { y };
-                }
-            } else {
-                for (o, &v) in out.iter_mut().zip(x) {
-                    *o = (v - m) * a + b;
+        .map(|(ch, outs)| {
+            let (mean, var) = match fixed {
+                Some(st) => (st.mean[ch], st.var[ch]),
+                None => moments(x, ncs, ch),
+            };
+            let a = gamma[ch].to_f64() / (var + EPS).sqrt();
+            let (m, a, b) = (T::from_f64(mean), T::from_f64(a), beta[ch]);
+            for (out, x) in outs.into_iter().zip(planes(x, n, c, s, ch)) {
+                if relu {
+                    for (o, &v) in out.iter_mut().zip(x) {
+                        let y = (v - m) * a + b;
+                        *o = if y < zero { zero } else { y };
+                    }
+                } else {
+                    for (o, &v) in out.iter_mut().zip(x) {
+                        *o = (v - m) * a + b;
+                    }
                 }
             }
-        });
-    out
+            (mean, var)
+        })
+        .collect();
+    (out, stats)
+}
+
+/// The backward pass, one task per channel: `Σg` and `Σg·(x − μ)` (g = dy masked by the ReLU
+/// output if given), then, if `dx` is wanted, `dx = a·g + k1·(x − μ) + k0` while the channel
+/// is still in cache (k1 = k0 = 0 in eval mode). Returns `dx` and the per-channel sums.
+#[allow(clippy::too_many_arguments)]
+fn backward_kernel<T: Real>(
+    x: &[T],
+    gamma: &[T],
+    res: Option<&[T]>,
+    dy: &[T],
+    ncs: (usize, usize, usize),
+    st: &ChannelStats,
+    train: bool,
+    need_dx: bool,
+) -> (Vec<T>, Vec<(f64, f64)>) {
+    let (n, c, s) = ncs;
+    let zero = T::from_f64(0.0);
+    let count = (n * s) as f64;
+    let mut dx = if need_dx {
+        vec![zero; x.len()]
+    } else {
+        Vec::new()
+    };
+    let groups: Vec<Option<Vec<&mut [T]>>> = if need_dx {
+        planes_by_channel(&mut dx, c, s)
+            .into_iter()
+            .map(Some)
+            .collect()
+    } else {
+        (0..c).map(|_| None).collect()
+    };
+    let sums = groups
+        .into_par_iter()
+        .enumerate()
+        .map(|(ch, dxs)| {
+            let mean = st.mean[ch];
+            let (mut sg, mut sgx) = (0.0, 0.0);
+            for b in 0..n {
+                let r = (b * c + ch) * s..(b * c + ch + 1) * s;
+                let res = res.map(|res| &res[r.clone()]);
+                let (a, q) = grad_sums(&x[r.clone()], &dy[r], res, mean);
+                sg += a;
+                sgx += q;
+            }
+            let Some(dxs) = dxs else {
+                return (sg, sgx);
+            };
+            let inv = st.invstd[ch];
+            let a = gamma[ch].to_f64() * inv;
+            let (k1, k0) = if train {
+                (-a * inv * inv * sgx / count, -a * sg / count)
+            } else {
+                (0.0, 0.0)
+            };
+            let [m, a, k1, k0] = [mean, a, k1, k0].map(T::from_f64);
+            for (b, dx) in dxs.into_iter().enumerate() {
+                let r = (b * c + ch) * s..(b * c + ch + 1) * s;
+                let (x, dy) = (&x[r.clone()], &dy[r.clone()]);
+                match res {
+                    Some(res) => {
+                        let res = &res[r];
+                        for j in 0..dx.len() {
+                            let g = if res[j] > zero { dy[j] } else { zero };
+                            dx[j] = a * g + k1 * (x[j] - m) + k0;
+                        }
+                    }
+                    None => {
+                        for j in 0..dx.len() {
+                            dx[j] = a * dy[j] + k1 * (x[j] - m) + k0;
+                        }
+                    }
+                }
+            }
+            (sg, sgx)
+        })
+        .collect();
+    (dx, sums)
 }
 
 impl CustomOp3 for BatchNormOp {
@@ -441,15 +538,19 @@ impl CustomOp3 for BatchNormOp {
             let x = cpu_slice::<T>(s1, l1, self.name())?;
             let gamma = cpu_slice::<T>(s2, l2, self.name())?;
             let beta = cpu_slice::<T>(s3, l3, self.name())?;
-            let (n, c, s) = ncs(l1.shape());
+            let fixed = if self.train {
+                None
+            } else {
+                let Some(stats) = self.stats.get() else {
+                    candle_core::bail!("batch_norm3d: no statistics to normalise with");
+                };
+                Some(stats)
+            };
+            let (out, stats) = forward_kernel(x, gamma, beta, ncs(l1.shape()), fixed, self.relu);
             if self.train {
-                let (mean, var) = moments(x, n, c, s);
+                let (mean, var) = stats.into_iter().unzip();
                 let _ = self.stats.set(ChannelStats::new(mean, var));
             }
-            let Some(stats) = self.stats.get() else {
-                candle_core::bail!("batch_norm3d: no statistics to normalise with");
-            };
-            let out = normalize(x, &affine(gamma, beta, stats), s, self.relu);
             Ok((T::to_cpu_storage_owned(out), l1.shape().clone()))
         })
     }
@@ -483,79 +584,26 @@ impl BatchNormOp {
         dy: &Tensor,
         st: &ChannelStats,
     ) -> candle_core::Result<Grads> {
-        let (n, c, s) = ncs(x.shape());
+        let shape = ncs(x.shape());
+        let c = shape.1;
+        // Without a graph behind it (a constant input), x needs no gradient.
         let need_dx = x.track_op();
-        let relu = self.relu;
-        let train = self.train;
         with_cpu_slices::<T, _, 4>([x, gamma, res, dy], self.name(), |[xs, gs, rs, dys]| {
-            let zero = T::from_f64(0.0);
-            // Pass 1: Σg and Σg·(x − μ) per channel, g = dy masked by the ReLU.
-            let sums: Vec<(f64, f64)> = (0..c)
-                .into_par_iter()
-                .map(|ch| {
-                    let m = st.mean[ch];
-                    let (mut sg, mut sgx) = (0.0, 0.0);
-                    for b in 0..n {
-                        let r = (b * c + ch) * s..(b * c + ch + 1) * s;
-                        let (a, q) = if relu {
-                            grad_sums(&xs[r.clone()], &dys[r.clone()], Some(&rs[r]), m)
-                        } else {
-                            grad_sums(&xs[r.clone()], &dys[r], None, m)
-                        };
-                        sg += a;
-                        sgx += q;
-                    }
-                    (sg, sgx)
-                })
-                .collect();
+            let res = self.relu.then_some(rs);
+            let (dx, sums) = backward_kernel(xs, gs, res, dys, shape, st, self.train, need_dx);
+            let dev = x.device();
             let dgamma: Vec<T> = (0..c)
                 .map(|ch| T::from_f64(sums[ch].1 * st.invstd[ch]))
                 .collect();
             let dbeta: Vec<T> = sums.iter().map(|&(sg, _)| T::from_f64(sg)).collect();
-            let dev = x.device();
             let dgamma = Tensor::from_vec(dgamma, c, dev)?;
             let dbeta = Tensor::from_vec(dbeta, c, dev)?;
-            if !need_dx {
-                return Ok((None, Some(dgamma), Some(dbeta)));
-            }
-            // Pass 2: dx = a·g + k1·(x − μ) + k0 per channel (k1 = k0 = 0 in eval mode).
-            let count = (n * s) as f64;
-            let coef: Vec<[T; 4]> = (0..c)
-                .map(|ch| {
-                    let inv = st.invstd[ch];
-                    let a = gs[ch].to_f64() * inv;
-                    let (k1, k0) = if train {
-                        let (sg, sgx) = sums[ch];
-                        (-a * inv * inv * sgx / count, -a * sg / count)
-                    } else {
-                        (0.0, 0.0)
-                    };
-                    [st.mean[ch], a, k1, k0].map(T::from_f64)
-                })
-                .collect();
-            let mut dx = vec![zero; xs.len()];
-            let w = s.max(1);
-            dx.par_chunks_mut(w)
-                .enumerate()
-                .with_min_len(MIN_TASK / w + 1)
-                .for_each(|(i, dx)| {
-                    let [m, a, k1, k0] = coef[i % c];
-                    let r = i * s..(i + 1) * s;
-                    let (x, dy) = (&xs[r.clone()], &dys[r.clone()]);
-                    if relu {
-                        let res = &rs[r];
-                        for j in 0..dx.len() {
-                            let g = if res[j] > zero { dy[j] } else { zero };
-                            dx[j] = a * g + k1 * (x[j] - m) + k0;
-                        }
-                    } else {
-                        for j in 0..dx.len() {
-                            dx[j] = a * dy[j] + k1 * (x[j] - m) + k0;
-                        }
-                    }
-                });
-            let dx = Tensor::from_vec(dx, x.shape(), dev)?;
-            Ok((Some(dx), Some(dgamma), Some(dbeta)))
+            let dx = if need_dx {
+                Some(Tensor::from_vec(dx, x.shape(), dev)?)
+            } else {
+                None
+            };
+            Ok((dx, Some(dgamma), Some(dbeta)))
         })
     }
 }

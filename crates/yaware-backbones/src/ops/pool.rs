@@ -35,7 +35,24 @@ impl Geometry {
         stride: [usize; 3],
         padding: [usize; 3],
     ) -> Result<Self> {
-        let [n, c, d, h, w] = check_volume(op, x)?;
+        Self::from_dims(op, check_volume(op, x)?, kernel, stride, padding)
+    }
+
+    /// [`Geometry::new`] on the dims of a checked input.
+    fn from_dims(
+        op: &'static str,
+        dims: [usize; 5],
+        kernel: [usize; 3],
+        stride: [usize; 3],
+        padding: [usize; 3],
+    ) -> Result<Self> {
+        let [n, c, d, h, w] = dims;
+        if d * h * w == 0 {
+            return Err(Error::Input {
+                op,
+                problem: format!("cannot pool empty volumes, got shape {dims:?}"),
+            });
+        }
         if kernel.contains(&0) {
             return Err(Error::InvalidParam {
                 name: "kernel_size",
@@ -67,7 +84,7 @@ impl Geometry {
                     problem: format!(
                         "input shape {:?} is too small for kernel {kernel:?} with padding \
                          {padding:?}",
-                        x.dims()
+                        dims
                     ),
                 });
             }
@@ -76,7 +93,7 @@ impl Geometry {
         if d * h * w > u32::MAX as usize {
             return Err(Error::Input {
                 op,
-                problem: format!("volumes of shape {:?} are too large to pool", x.dims()),
+                problem: format!("volumes of shape {dims:?} are too large to pool"),
             });
         }
         Ok(Self {
@@ -132,8 +149,96 @@ impl Geometry {
 // ---------------------------------------------------------------------------------------------
 // Max pooling.
 
-/// Window maxima and the in-volume index of each window's first maximum.
+/// Window maxima and the in-volume index of each window's first maximum, separably: maxima
+/// along W, then along H of those, then along D. Scanning each axis in order with PyTorch's
+/// update rule (strictly greater, or NaN) selects the same element as PyTorch's (d, h, w) scan
+/// of the whole window: the first maximum, or the last NaN.
 fn max_forward<T: Real>(x: &[T], g: &Geometry) -> (Vec<T>, Vec<u32>) {
+    let (il, ol) = (g.in_len(), g.out_len());
+    let [rd, rh, rw] = g.ranges();
+    let [id, ih, iw] = g.input;
+    let [_, oh, ow] = g.output;
+    let mut out = vec![T::from_f64(0.0); g.volumes() * ol];
+    let mut arg = vec![0u32; g.volumes() * ol];
+    out.par_chunks_mut(ol)
+        .zip(arg.par_chunks_mut(ol))
+        .enumerate()
+        .for_each_init(
+            || (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+            |(av, ai, bv, bi), (v, (out, arg))| {
+                let x = &x[v * il..(v + 1) * il];
+                // Along W: (D, H, OW).
+                av.clear();
+                av.resize(id * ih * ow, T::NEG_INFINITY);
+                ai.clear();
+                ai.resize(id * ih * ow, 0u32);
+                for (r, row) in x.chunks_exact(iw).enumerate() {
+                    let (mv, mi) = (&mut av[r * ow..(r + 1) * ow], &mut ai[r * ow..(r + 1) * ow]);
+                    for (o, &(w0, w1)) in rw.iter().enumerate() {
+                        let (mut m, mut k) = (row[w0], w0);
+                        for (w, &val) in row.iter().enumerate().take(w1).skip(w0 + 1) {
+                            // Branch-free: random data makes this branch unpredictable.
+                            let take = val > m || val.is_nan();
+                            m = if take { val } else { m };
+                            k = if take { w } else { k };
+                        }
+                        mv[o] = m;
+                        mi[o] = (r * iw + k) as u32;
+                    }
+                }
+                // Along H: (D, OH, OW).
+                bv.clear();
+                bv.resize(id * oh * ow, T::NEG_INFINITY);
+                bi.clear();
+                bi.resize(id * oh * ow, 0u32);
+                for d in 0..id {
+                    for (o, &(h0, h1)) in rh.iter().enumerate() {
+                        let dst = (d * oh + o) * ow..(d * oh + o + 1) * ow;
+                        let rows = (d * ih + h0) * ow..(d * ih + h1) * ow;
+                        select_max(
+                            &mut bv[dst.clone()],
+                            &mut bi[dst],
+                            &av[rows.clone()],
+                            &ai[rows],
+                        );
+                    }
+                }
+                // Along D: (OD, OH, OW).
+                let plane = oh * ow;
+                for (o, &(d0, d1)) in rd.iter().enumerate() {
+                    let dst = o * plane..(o + 1) * plane;
+                    let planes = d0 * plane..d1 * plane;
+                    select_max(
+                        &mut out[dst.clone()],
+                        &mut arg[dst],
+                        &bv[planes.clone()],
+                        &bi[planes],
+                    );
+                }
+            },
+        );
+    (out, arg)
+}
+
+/// Folds the rows of `vals` (and their indices), in order, into `(m, mi)` with PyTorch's rule:
+/// the first row initialises, a later value replaces only if strictly greater or NaN.
+#[inline]
+fn select_max<T: Real>(m: &mut [T], mi: &mut [u32], vals: &[T], idx: &[u32]) {
+    let n = m.len();
+    m.copy_from_slice(&vals[..n]);
+    mi.copy_from_slice(&idx[..n]);
+    for (vals, idx) in vals[n..].chunks_exact(n).zip(idx[n..].chunks_exact(n)) {
+        for ((m, mi), (&v, &i)) in m.iter_mut().zip(mi.iter_mut()).zip(vals.iter().zip(idx)) {
+            let take = v > *m || v.is_nan();
+            *m = if take { v } else { *m };
+            *mi = if take { i } else { *mi };
+        }
+    }
+}
+
+/// The direct (window by window) form of [`max_forward`], kept as its test oracle.
+#[cfg(test)]
+fn max_forward_direct<T: Real>(x: &[T], g: &Geometry) -> (Vec<T>, Vec<u32>) {
     let (il, ol) = (g.in_len(), g.out_len());
     let [rd, rh, rw] = g.ranges();
     let [_, ih, iw] = g.input;
@@ -228,9 +333,9 @@ impl CustomOp1 for MaxPool3dOp {
 ///
 /// `kernel`, `stride` and `padding` are per axis `[D, H, W]`; the output has
 /// `floor((L + 2p − k) / s) + 1` positions per axis. f32 and f64 on the CPU. Errors: a
-/// non-5D, non-float or non-CPU input ([`Error::Input`]); a zero kernel size or stride, or a
-/// padding above half the kernel ([`Error::InvalidParam`]); a volume smaller than the window
-/// ([`Error::Input`]).
+/// non-5D, non-float, non-CPU or empty (`D·H·W = 0`) input ([`Error::Input`]); a zero kernel
+/// size or stride, or a padding above half the kernel ([`Error::InvalidParam`]); a padded
+/// volume smaller than the window ([`Error::Input`]).
 pub fn max_pool3d(
     x: &Tensor,
     kernel: [usize; 3],
@@ -358,10 +463,22 @@ pub fn avg_pool3d(
 // ---------------------------------------------------------------------------------------------
 // Adaptive pooling to 1³.
 
+fn non_empty(op: &'static str, x: &Tensor, volume: usize) -> Result<()> {
+    if volume == 0 {
+        return Err(Error::Input {
+            op,
+            problem: format!("cannot pool empty volumes, got shape {:?}", x.dims()),
+        });
+    }
+    Ok(())
+}
+
 /// Adaptive average pooling to `1³`: `(N, C, D, H, W) → (N, C, 1, 1, 1)`, the mean over each
-/// volume (candle ops, autograd included). Errors: a non-5D, non-float or non-CPU input.
+/// volume (candle ops, autograd included). Errors: a non-5D, non-float, non-CPU or empty
+/// (`D·H·W = 0`) input.
 pub fn adaptive_avg_pool3d_1(x: &Tensor) -> Result<Tensor> {
-    let [n, c, ..] = check_volume("adaptive_avg_pool3d", x)?;
+    let [n, c, d, h, w] = check_volume("adaptive_avg_pool3d", x)?;
+    non_empty("adaptive_avg_pool3d", x, d * h * w)?;
     Ok(x.reshape((n, c, ()))?
         .mean_keepdim(2)?
         .reshape((n, c, 1, 1, 1))?)
@@ -369,13 +486,78 @@ pub fn adaptive_avg_pool3d_1(x: &Tensor) -> Result<Tensor> {
 
 /// Adaptive max pooling to `1³`: `(N, C, D, H, W) → (N, C, 1, 1, 1)`, the maximum of each
 /// volume; in backward the first maximum receives the gradient (PyTorch's rule, NaN counting
-/// as a maximum). Errors: a non-5D, non-float or non-CPU input.
+/// as a maximum). Errors: a non-5D, non-float, non-CPU or empty (`D·H·W = 0`) input.
 pub fn adaptive_max_pool3d_1(x: &Tensor) -> Result<Tensor> {
     let [_, _, d, h, w] = check_volume("adaptive_max_pool3d", x)?;
+    non_empty("adaptive_max_pool3d", x, d * h * w)?;
     let geo = Geometry::new("adaptive_max_pool3d", x, [d, h, w], [d, h, w], [0; 3])?;
     let op = MaxPool3dOp {
         geo,
         argmax: OnceLock::new(),
     };
     Ok(x.contiguous()?.apply_op1(op)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The separable max pooling selects the same values and indices as the direct scan on
+    /// inputs full of ties, −∞ and NaNs, over assorted geometries.
+    #[test]
+    fn separable_max_equals_direct_scan() {
+        let mut state = 7u64;
+        let mut next = move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as usize
+        };
+        let cases = [
+            ([2, 3, 7, 6, 5], [3; 3], [2; 3], [1; 3]),
+            ([1, 2, 9, 8, 7], [3, 2, 4], [1, 2, 3], [1, 1, 2]),
+            ([1, 1, 4, 5, 6], [4, 5, 6], [4, 5, 6], [0; 3]),
+            ([2, 2, 5, 5, 5], [2; 3], [1; 3], [0; 3]),
+        ];
+        for (shape, k, s, p) in cases {
+            let len: usize = shape.iter().product();
+            let x: Vec<f64> = (0..len)
+                .map(|_| match next() % 10 {
+                    0 => f64::NAN,
+                    1 => f64::NEG_INFINITY,
+                    r => (r % 4) as f64,
+                })
+                .collect();
+            let t = Tensor::from_vec(x.clone(), &shape, &candle_core::Device::Cpu).unwrap();
+            let g = Geometry::new("max_pool3d", &t, k, s, p).unwrap();
+            let (a, ai) = max_forward(&x, &g);
+            let (b, bi) = max_forward_direct(&x, &g);
+            assert_eq!(ai, bi, "{shape:?} {k:?} {s:?} {p:?}");
+            let same = |u: f64, v: f64| u == v || (u.is_nan() && v.is_nan());
+            assert!(a.iter().zip(&b).all(|(&u, &v)| same(u, v)));
+        }
+    }
+
+    /// Volumes of more than `u32::MAX` voxels cannot have their argmax recorded as u32.
+    #[test]
+    fn oversized_volumes_are_refused() {
+        let dims = [1, 1, 2048, 2048, 1025];
+        match Geometry::from_dims("max_pool3d", dims, [2; 3], [2; 3], [0; 3]) {
+            Err(Error::Input { op, problem }) => {
+                assert_eq!(op, "max_pool3d");
+                assert!(problem.contains("[1, 1, 2048, 2048, 1025]"), "{problem}");
+            }
+            other => panic!("expected an input error, got {other:?}"),
+        }
+        assert!(
+            Geometry::from_dims(
+                "max_pool3d",
+                [1, 1, 2048, 2048, 1023],
+                [2; 3],
+                [2; 3],
+                [0; 3]
+            )
+            .is_ok()
+        );
+    }
 }
