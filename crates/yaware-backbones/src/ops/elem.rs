@@ -9,6 +9,16 @@ pub(crate) trait Real: WithDType {
     const NEG_INFINITY: Self;
     /// Whether the value is NaN.
     fn is_nan(self) -> bool;
+    /// `if take { a } else { b }` by bit masks, so the compiler cannot turn it into a
+    /// (mispredicted) branch.
+    fn pick(take: bool, a: Self, b: Self) -> Self;
+}
+
+/// `if take { a } else { b }` on indices, by bit masks.
+#[inline(always)]
+pub(crate) fn pick_index(take: bool, a: u32, b: u32) -> u32 {
+    let mask = (take as u32).wrapping_neg();
+    (a & mask) | (b & !mask)
 }
 
 impl Real for f32 {
@@ -17,6 +27,11 @@ impl Real for f32 {
     fn is_nan(self) -> bool {
         f32::is_nan(self)
     }
+    #[inline(always)]
+    fn pick(take: bool, a: Self, b: Self) -> Self {
+        let mask = (take as u32).wrapping_neg();
+        f32::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
+    }
 }
 
 impl Real for f64 {
@@ -24,6 +39,11 @@ impl Real for f64 {
     #[inline(always)]
     fn is_nan(self) -> bool {
         f64::is_nan(self)
+    }
+    #[inline(always)]
+    fn pick(take: bool, a: Self, b: Self) -> Self {
+        let mask = (take as u64).wrapping_neg();
+        f64::from_bits((a.to_bits() & mask) | (b.to_bits() & !mask))
     }
 }
 

@@ -428,7 +428,7 @@ fn forward_kernel<T: Real>(
                 if relu {
                     for (o, &v) in out.iter_mut().zip(x) {
                         let y = (v - m) * a + b;
-                        *o = if y < zero { zero } else { y };
+                        *o = T::pick(y < zero, zero, y);
                     }
                 } else {
                     for (o, &v) in out.iter_mut().zip(x) {
@@ -503,7 +503,7 @@ fn backward_kernel<T: Real>(
                     Some(res) => {
                         let res = &res[r];
                         for j in 0..dx.len() {
-                            let g = if res[j] > zero { dy[j] } else { zero };
+                            let g = T::pick(res[j] > zero, dy[j], zero);
                             dx[j] = a * g + k1 * (x[j] - m) + k0;
                         }
                     }
@@ -621,7 +621,7 @@ fn grad_sums<T: Real>(x: &[T], dy: &[T], res: Option<&[T]>, mean: f64) -> (f64, 
     while j < main {
         for i in 0..L {
             let keep = res.is_none_or(|r| r[j + i] > zero);
-            let g = if keep { dy[j + i].to_f64() } else { 0.0 };
+            let g = f64::pick(keep, dy[j + i].to_f64(), 0.0);
             s[i] += g;
             q[i] += g * (x[j + i].to_f64() - mean);
         }
@@ -630,7 +630,7 @@ fn grad_sums<T: Real>(x: &[T], dy: &[T], res: Option<&[T]>, mean: f64) -> (f64, 
     let (mut s, mut q) = (s.iter().sum::<f64>(), q.iter().sum::<f64>());
     for j in main..len {
         let keep = res.is_none_or(|r| r[j] > zero);
-        let g = if keep { dy[j].to_f64() } else { 0.0 };
+        let g = f64::pick(keep, dy[j].to_f64(), 0.0);
         s += g;
         q += g * (x[j].to_f64() - mean);
     }

@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
-use super::elem::{Real, check_volume, cpu_slice, dispatch, with_cpu_slices};
+use super::elem::{Real, check_volume, cpu_slice, dispatch, pick_index, with_cpu_slices};
 use crate::{Error, Result};
 
 /// Shape bookkeeping of one pooling call: `nc` volumes of `input` voxels, `output` windows.
@@ -175,15 +175,16 @@ fn max_forward<T: Real>(x: &[T], g: &Geometry) -> (Vec<T>, Vec<u32>) {
                 for (r, row) in x.chunks_exact(iw).enumerate() {
                     let (mv, mi) = (&mut av[r * ow..(r + 1) * ow], &mut ai[r * ow..(r + 1) * ow]);
                     for (o, &(w0, w1)) in rw.iter().enumerate() {
-                        let (mut m, mut k) = (row[w0], w0);
+                        let base = (r * iw) as u32;
+                        let (mut m, mut k) = (row[w0], base + w0 as u32);
                         for (w, &val) in row.iter().enumerate().take(w1).skip(w0 + 1) {
-                            // Branch-free: random data makes this branch unpredictable.
-                            let take = val > m || val.is_nan();
-                            m = if take { val } else { m };
-                            k = if take { w } else { k };
+                            // Branch-free: random data makes a branch unpredictable.
+                            let take = (val > m) | val.is_nan();
+                            m = T::pick(take, val, m);
+                            k = pick_index(take, base + w as u32, k);
                         }
                         mv[o] = m;
-                        mi[o] = (r * iw + k) as u32;
+                        mi[o] = k;
                     }
                 }
                 // Along H: (D, OH, OW).
@@ -229,9 +230,9 @@ fn select_max<T: Real>(m: &mut [T], mi: &mut [u32], vals: &[T], idx: &[u32]) {
     mi.copy_from_slice(&idx[..n]);
     for (vals, idx) in vals[n..].chunks_exact(n).zip(idx[n..].chunks_exact(n)) {
         for ((m, mi), (&v, &i)) in m.iter_mut().zip(mi.iter_mut()).zip(vals.iter().zip(idx)) {
-            let take = v > *m || v.is_nan();
-            *m = if take { v } else { *m };
-            *mi = if take { i } else { *mi };
+            let take = (v > *m) | v.is_nan();
+            *m = T::pick(take, v, *m);
+            *mi = pick_index(take, i, *mi);
         }
     }
 }
