@@ -9,7 +9,8 @@
 //! Every network implements [`Backbone`] and keeps its parameters and batch-norm buffers in a
 //! `candle_nn::VarMap` under the reference names.
 //!
-//! Place in the workspace: depends on candle only; `yaware-heads` and `yaware-estimator`
+//! Place in the workspace: depends on candle (plus `gemm` and `rayon` for the kernels, `serde`
+//! for configurations); `yaware-heads` and `yaware-estimator`
 //! depend on it.
 //!
 //! **Status:** seeded initialisation ([`init`]), the [`Backbone`] trait, [`Mlp`], the 3D ops
