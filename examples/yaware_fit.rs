@@ -3,7 +3,7 @@
 //! (random feature masking and noise), an MLP encoder, early stopping and checkpoints in a run
 //! directory, then a ridge probe of age on the learned features.
 //!
-//! `cargo run -p yaware-examples --example yaware_fit --release`
+//! `cargo run -p yaware-examples --example yaware_fit`
 
 #![allow(clippy::print_stdout)] // an example prints its results
 
