@@ -19,6 +19,7 @@ const SIDE: usize = 32;
 pub(super) fn bench(c: &mut Criterion) {
     let dev = Device::Cpu;
     let mut group = c.benchmark_group("backbones");
+    group.sample_size(10);
     let varmap = VarMap::new();
     let net = ResNet::new(ResNetConfig::resnet18(), &varmap, 0, DType::F32, &dev).unwrap();
     let shape = (BATCH, 1, SIDE, SIDE, SIDE);
