@@ -5,7 +5,10 @@
 //! magnitude as a y-Aware training step). Throughput is in FLOPs per iteration, so criterion's
 //! "elem/s" reads as FLOP/s: forward `2·N·C_out·oD·oH·oW·C_in·kD·kH·kW`; forward + backward
 //! counts 3× that (forward, weight gradient, input gradient), or 2× for the stem, which skips
-//! the input gradient (`input_grad: false`) as in the networks.
+//! the input gradient (`input_grad: false`) as in the networks. Forward + backward is
+//! `conv3d(x, w).sum_all().backward()`, so it also pays candle's autograd bookkeeping: a zeroed
+//! gradient buffer plus an add for the output and for each of `x` and `w` (on the 512-channel
+//! layers the 28 MB weight gradient makes that bookkeeping cost more than the kernels).
 
 use std::hint::black_box;
 
