@@ -37,10 +37,13 @@
 //! - Epoch-interval schedulers step before `on_train_epoch_end` (Lightning: after), so
 //!   checkpoints written there resume exactly.
 //! - Checkpoints are safetensors: the `state_dict` names plus `optimizer.*`, `lr_scheduler.*`
-//!   and the trainer state as JSON bytes (`trainer_state_json`). The metrics file is long
-//!   format (`epoch,step,metric,value`). Resuming is exact for data sources whose batches are a
-//!   function of the epoch (the data crate's loader); the dropout generator of an MLP encoder
-//!   and a lazily fitted Scott/Silverman bandwidth are not saved.
+//!   and the trainer state as JSON bytes (`trainer_state_json`). The metrics file is
+//!   Lightning's wide `CSVLogger` layout (`epoch,step,<metric>...`). Resuming is exact for
+//!   data sources whose batches are a function of the epoch (the data crate's loader). A lazily fitted kernel metric (Scott,
+//!   Silverman) is saved as the labels that fitted it (`loss.metric_labels`) and refitted on
+//!   resume, bit for bit. Not saved: the dropout generator of an MLP encoder with `dropout`
+//!   (yaware-backbones exposes no state for it), so a resumed run with dropout draws other
+//!   masks than the uninterrupted one.
 //! - `exclude_bias_and_norm_wd` defaults to false (the 0.0.1 API has one group per module).
 //! - Probes (ridge, logistic, kNN) are our own small implementations: logistic regression is
 //!   one-vs-rest for more than two classes (scikit-learn's default is multinomial).
