@@ -9,6 +9,10 @@
 //! Second model: ResNet-18-3D encoder (in 1, n_embedding 512), head 512 → 512 → 128, batch 8 of
 //! `1×32³` volumes, f32, Adam, with the same parts (PyTorch: ≈ 1.06 s median per step). Ten
 //! samples, ~20 s of measurement per function.
+//!
+//! Threads: with candle's defaults the spinning element-wise pool competes with gemm's rayon
+//! threads; on few or busy cores `CANDLE_NUM_THREADS=1` halves the MLP step or better (see
+//! yaware-estimator's crate docs, "CPU threads", for the measurements).
 
 use std::hint::black_box;
 

@@ -9,6 +9,20 @@
 //! Place in the workspace: the top library crate; it depends on every other `yaware-*` crate
 //! and is the only one that knows about epochs, callbacks, checkpoints and logging.
 //!
+//! # CPU threads
+//!
+//! candle 0.11 runs element-wise ops of 64 Ki elements or more on its own spinning thread
+//! pool (`candle-bp-*`, sized by `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the
+//! physical cores) while matrix products run on rayon. Between ops the pool's workers spin
+//! (25 000 iterations, `CANDLE_BARRIER_POOL_SPIN_LIMIT`) and take the cores that gemm's rayon
+//! threads need: on a small or busy machine set `CANDLE_NUM_THREADS=1` (element-wise ops on the
+//! calling thread, matrix products still parallel). Measured on the 2-core reference machine
+//! (load average ≈ 5–6 from other jobs, runs back to back), one step of the `train_step` MLP
+//! bench (batch 256, Adam): 78 / 183 ms by default, 39 / 31 ms with `CANDLE_NUM_THREADS=1`,
+//! 42 ms with `RAYON_NUM_THREADS=1`, 51 ms with `CANDLE_BARRIER_POOL_SPIN_LIMIT=0`; the
+//! ResNet-18-3D step (batch 8 of `1×32³`): 1.63 s by default, 1.30 s with
+//! `CANDLE_NUM_THREADS=1` (load ≈ 4.5).
+//!
 //! # Parity with the reference (nidl 0.0.2, API page 0.0.1)
 //!
 //! Reproduced: the 0.0.1 API defaults (τ 0.1, Gaussian kernel, bandwidth 1.0, optimizer
