@@ -17,11 +17,14 @@
 //! (25 000 iterations, `CANDLE_BARRIER_POOL_SPIN_LIMIT`) and take the cores that gemm's rayon
 //! threads need: on a small or busy machine set `CANDLE_NUM_THREADS=1` (element-wise ops on the
 //! calling thread, matrix products still parallel). Measured on the 2-core reference machine
-//! (load average ≈ 5–6 from other jobs, runs back to back), one step of the `train_step` MLP
-//! bench (batch 256, Adam): 78 / 183 ms by default, 39 / 31 ms with `CANDLE_NUM_THREADS=1`,
-//! 42 ms with `RAYON_NUM_THREADS=1`, 51 ms with `CANDLE_BARRIER_POOL_SPIN_LIMIT=0`; the
-//! ResNet-18-3D step (batch 8 of `1×32³`): 1.63 s by default, 1.30 s with
-//! `CANDLE_NUM_THREADS=1` (load ≈ 4.5).
+//! with other jobs running, runs back to back, one step of the `train_step` MLP bench (batch
+//! 256, Adam; PyTorch ≈ 27 ms): at load ≈ 3.5–4, 180 / 84 ms by default and 25–30 ms with
+//! `CANDLE_NUM_THREADS=1`; at load ≈ 5.5, 78 / 183 ms by default, 39 / 31 ms with
+//! `CANDLE_NUM_THREADS=1`, 42 ms with `RAYON_NUM_THREADS=1`, 51 ms with
+//! `CANDLE_BARRIER_POOL_SPIN_LIMIT=0`. The ResNet-18-3D step (batch 8 of `1×32³`; PyTorch
+//! ≈ 1.06 s) at load ≈ 4.5: 1.63 s by default, 1.30 s with `CANDLE_NUM_THREADS=1`. Setting
+//! `RAYON_NUM_THREADS` too (e.g. to the core count) also spares candle a `/proc/cpuinfo`
+//! parse per matrix product (≈ 1 ms of the MLP step, within the noise).
 //!
 //! # Parity with the reference (nidl 0.0.2, API page 0.0.1)
 //!
