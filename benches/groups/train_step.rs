@@ -68,7 +68,43 @@ fn setup(
 /// Registers the group.
 pub(crate) fn bench(c: &mut Criterion) {
     mlp(c);
+    loss_paths(c);
     resnet18(c);
+}
+
+/// The step's loss alone (N = 256 per view, D = 128, one label, the estimator's default
+/// Gaussian kernel with bandwidth 1, τ 0.1), forward + backward, through the fused CPU kernel
+/// (the estimator's path) and through composed candle ops.
+fn loss_paths(c: &mut Criterion) {
+    let mut group = c.benchmark_group("train_step");
+    group.sample_size(20);
+    let dev = Device::Cpu;
+    let d = 128;
+    let var = |seed| {
+        candle_core::Var::from_tensor(
+            &Tensor::from_vec(normal_vec(seed, BATCH * d), (BATCH, d), &dev).unwrap(),
+        )
+        .unwrap()
+    };
+    let (z1, z2) = (var(11), var(12));
+    let y = Tensor::from_vec(normal_vec(13, BATCH), BATCH, &dev).unwrap();
+    for fused in [true, false] {
+        let loss = yaware_losses::YAwareInfoNce::new(
+            yaware_losses::Kernel::Gaussian,
+            yaware_losses::Bandwidth::Scalar(1.0),
+            0.1,
+        )
+        .unwrap()
+        .with_fused_kernel(fused);
+        let name = if fused { "loss_fused" } else { "loss_composed" };
+        group.bench_function(BenchmarkId::new(name, BATCH), |b| {
+            b.iter(|| {
+                let l = loss.forward(&z1, &z2, Some(black_box(&y))).unwrap();
+                black_box(l.backward().unwrap())
+            })
+        });
+    }
+    group.finish();
 }
 
 fn mlp(c: &mut Criterion) {
