@@ -264,6 +264,9 @@ pub struct ModelCheckpoint {
     /// accumulation window), as `last`.
     pub every_n_train_steps: Option<u64>,
     best: Vec<(f64, PathBuf)>,
+    /// Whether the "monitor never logged" warning was printed.
+    #[serde(skip, default)]
+    warned_missing: bool,
 }
 
 impl ModelCheckpoint {
@@ -282,6 +285,7 @@ impl ModelCheckpoint {
             save_last: true,
             every_n_train_steps: None,
             best: Vec::new(),
+            warned_missing: false,
         }
     }
 
@@ -295,6 +299,7 @@ impl ModelCheckpoint {
             save_last: true,
             every_n_train_steps: None,
             best: Vec::new(),
+            warned_missing: false,
         }
     }
 
@@ -358,9 +363,31 @@ impl Callback for ModelCheckpoint {
         state: &mut TrainerState,
         model: &YAwareContrastiveLearning,
     ) -> Result<Control> {
-        if let Some(monitor) = self.monitor.clone()
-            && self.save_top_k > 0
-            && let Some(&value) = state.logged.get(&monitor)
+        let monitored = match &self.monitor {
+            Some(monitor) if self.save_top_k > 0 => match state.logged.get(monitor) {
+                Some(&value) => Some(value),
+                // Lightning: an error once validation has run (the metric should exist by
+                // then), a warning before (it may be a validation metric).
+                None if !state.history.val_loss.is_empty() => {
+                    state.metric(monitor)?; // Error::MissingMetric, listing the logged ones
+                    None
+                }
+                None => {
+                    if !self.warned_missing {
+                        self.warned_missing = true;
+                        let logged: Vec<&String> = state.logged.keys().collect();
+                        eprintln!(
+                            "yaware-estimator: warning: ModelCheckpoint(monitor={monitor:?}) could \
+                             not find the monitored metric among the logged ones {logged:?}; no \
+                             top-k checkpoint is saved until it is logged"
+                        );
+                    }
+                    None
+                }
+            },
+            _ => None,
+        };
+        if let Some(value) = monitored
             && value.is_finite()
         {
             let qualifies = self.best.len() < self.save_top_k
@@ -438,13 +465,39 @@ impl Callback for LearningRateMonitor {
     }
 }
 
-/// Writes every logged value to a CSV file (`epoch,step,metric,value`, one row per value),
-/// rewritten from the full record at the start of a run (so a resumed run's file holds its
-/// whole history) and appended after every batch and validation epoch.
+/// Writes the logged values to a CSV file in Lightning's `CSVLogger` layout ("wide"): one
+/// column per metric next to `epoch` and `step`, one row per logging call (the values logged at
+/// one step between two writes; a metric logged twice at one step starts a new row), empty cells
+/// for metrics a row does not have. When a new metric appears the whole file is rewritten with
+/// the wider header, as Lightning does; otherwise rows are appended after every batch and
+/// epoch. Columns: `epoch`, `step`, then the metrics in order of first appearance (those that
+/// appear together sorted by name); readers that go by column name see Lightning's table.
+/// Values are written in Rust's shortest round-trip form (`nan`, `inf`, `-inf` as Python
+/// writes them). At the start of a run the file is rewritten from the full record (so a
+/// resumed run's file holds its whole history; rows are then grouped by `(epoch, step)`).
 #[derive(Debug, Clone)]
 pub struct CsvLogger {
     path: PathBuf,
     written: usize,
+    columns: Vec<String>,
+    rows: Vec<CsvRow>,
+}
+
+#[derive(Debug, Clone)]
+struct CsvRow {
+    epoch: u64,
+    step: u64,
+    values: std::collections::BTreeMap<String, f64>,
+}
+
+fn csv_value(v: f64) -> String {
+    if v.is_nan() {
+        "nan".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "inf".into() } else { "-inf".into() }
+    } else {
+        format!("{v}")
+    }
 }
 
 impl CsvLogger {
@@ -453,28 +506,80 @@ impl CsvLogger {
         Self {
             path: path.into(),
             written: 0,
+            columns: Vec::new(),
+            rows: Vec::new(),
         }
+    }
+
+    fn row_text(&self, row: &CsvRow) -> String {
+        let mut line = format!("{},{}", row.epoch, row.step);
+        for c in &self.columns {
+            line.push(',');
+            if let Some(&v) = row.values.get(c) {
+                line.push_str(&csv_value(v));
+            }
+        }
+        line.push('\n');
+        line
+    }
+
+    fn rewrite(&self) -> Result<()> {
+        let mut text = String::from("epoch,step");
+        for c in &self.columns {
+            text.push(',');
+            text.push_str(c);
+        }
+        text.push('\n');
+        for row in &self.rows {
+            text.push_str(&self.row_text(row));
+        }
+        std::fs::write(&self.path, text).map_err(io_err(&self.path))
     }
 
     fn flush(&mut self, state: &TrainerState) -> Result<()> {
         if self.written >= state.records.len() {
             return Ok(());
         }
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&self.path)
-            .map_err(io_err(&self.path))?;
-        let mut text = String::new();
+        let first_new = self.rows.len();
+        let mut new_columns = Vec::new();
         for r in &state.records[self.written..] {
-            text.push_str(&format!(
-                "{},{},{},{:e}\n",
-                r.epoch, r.step, r.name, r.value
-            ));
+            let joins = self.rows.len() > first_new
+                && self.rows.last().is_some_and(|last| {
+                    last.epoch == r.epoch
+                        && last.step == r.step
+                        && !last.values.contains_key(&r.name)
+                });
+            if !joins {
+                self.rows.push(CsvRow {
+                    epoch: r.epoch,
+                    step: r.step,
+                    values: Default::default(),
+                });
+            }
+            if let Some(last) = self.rows.last_mut() {
+                last.values.insert(r.name.clone(), r.value);
+            }
+            if !self.columns.contains(&r.name) && !new_columns.contains(&r.name) {
+                new_columns.push(r.name.clone());
+            }
         }
-        f.write_all(text.as_bytes()).map_err(io_err(&self.path))?;
         self.written = state.records.len();
-        Ok(())
+        if new_columns.is_empty() {
+            let text: String = self.rows[first_new..]
+                .iter()
+                .map(|r| self.row_text(r))
+                .collect();
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .create(true)
+                .open(&self.path)
+                .map_err(io_err(&self.path))?;
+            f.write_all(text.as_bytes()).map_err(io_err(&self.path))
+        } else {
+            new_columns.sort();
+            self.columns.extend(new_columns);
+            self.rewrite()
+        }
     }
 }
 
@@ -488,8 +593,12 @@ impl Callback for CsvLogger {
         state: &mut TrainerState,
         _: &YAwareContrastiveLearning,
     ) -> Result<Control> {
-        std::fs::write(&self.path, "epoch,step,metric,value\n").map_err(io_err(&self.path))?;
         self.written = 0;
+        self.columns.clear();
+        self.rows.clear();
+        self.rewrite()?;
+        // A resumed run's history: one row per (epoch, step), a repeated metric starting a
+        // new one.
         self.flush(state)?;
         Ok(Control::Continue)
     }

@@ -9,6 +9,23 @@
 //! Place in the workspace: the top library crate; it depends on every other `yaware-*` crate
 //! and is the only one that knows about epochs, callbacks, checkpoints and logging.
 //!
+//! # CPU threads
+//!
+//! candle 0.11 runs element-wise ops of 64 Ki elements or more on its own spinning thread
+//! pool (`candle-bp-*`, sized by `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`, else the
+//! physical cores) while matrix products run on rayon. Between ops the pool's workers spin
+//! (25 000 iterations, `CANDLE_BARRIER_POOL_SPIN_LIMIT`) and take the cores that gemm's rayon
+//! threads need: on a small or busy machine set `CANDLE_NUM_THREADS=1` (element-wise ops on the
+//! calling thread, matrix products still parallel). Measured on the 2-core reference machine
+//! with other jobs running, runs back to back, one step of the `train_step` MLP bench (batch
+//! 256, Adam; PyTorch ≈ 27 ms): at load ≈ 3.5–4, 180 / 84 ms by default and 25–30 ms with
+//! `CANDLE_NUM_THREADS=1`; at load ≈ 5.5, 78 / 183 ms by default, 39 / 31 ms with
+//! `CANDLE_NUM_THREADS=1`, 42 ms with `RAYON_NUM_THREADS=1`, 51 ms with
+//! `CANDLE_BARRIER_POOL_SPIN_LIMIT=0`. The ResNet-18-3D step (batch 8 of `1×32³`; PyTorch
+//! ≈ 1.06 s) at load ≈ 4.5: 1.63 s by default, 1.30 s with `CANDLE_NUM_THREADS=1`. Setting
+//! `RAYON_NUM_THREADS` too (e.g. to the core count) also spares candle a `/proc/cpuinfo`
+//! parse per matrix product (≈ 1 ms of the MLP step, within the noise).
+//!
 //! # Parity with the reference (nidl 0.0.2, API page 0.0.1)
 //!
 //! Reproduced: the 0.0.1 API defaults (τ 0.1, Gaussian kernel, bandwidth 1.0, optimizer
@@ -37,10 +54,13 @@
 //! - Epoch-interval schedulers step before `on_train_epoch_end` (Lightning: after), so
 //!   checkpoints written there resume exactly.
 //! - Checkpoints are safetensors: the `state_dict` names plus `optimizer.*`, `lr_scheduler.*`
-//!   and the trainer state as JSON bytes (`trainer_state_json`). The metrics file is long
-//!   format (`epoch,step,metric,value`). Resuming is exact for data sources whose batches are a
-//!   function of the epoch (the data crate's loader); the dropout generator of an MLP encoder
-//!   and a lazily fitted Scott/Silverman bandwidth are not saved.
+//!   and the trainer state as JSON bytes (`trainer_state_json`). The metrics file is
+//!   Lightning's wide `CSVLogger` layout (`epoch,step,<metric>...`). Resuming is exact for
+//!   data sources whose batches are a function of the epoch (the data crate's loader). A lazily fitted kernel metric (Scott,
+//!   Silverman) is saved as the labels that fitted it (`loss.metric_labels`) and refitted on
+//!   resume, bit for bit. Not saved: the dropout generator of an MLP encoder with `dropout`
+//!   (yaware-backbones exposes no state for it), so a resumed run with dropout draws other
+//!   masks than the uninterrupted one.
 //! - `exclude_bias_and_norm_wd` defaults to false (the 0.0.1 API has one group per module).
 //! - Probes (ridge, logistic, kNN) are our own small implementations: logistic regression is
 //!   one-vs-rest for more than two classes (scikit-learn's default is multinomial).

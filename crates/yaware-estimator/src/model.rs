@@ -256,6 +256,7 @@ impl YAwareBuilder {
             fitted: false,
             warnings,
             state: TrainerState::default(),
+            metric_labels: std::sync::Mutex::new(None),
         })
     }
 }
@@ -308,6 +309,10 @@ pub struct YAwareContrastiveLearning {
     pub(crate) fitted: bool,
     pub(crate) warnings: Vec<String>,
     pub(crate) state: TrainerState,
+    /// The labels (as given, on the CPU) that fitted the loss's lazily fitted kernel metric
+    /// (the first labelled batch), kept for checkpoints: refitting on them restores the metric
+    /// bit for bit.
+    pub(crate) metric_labels: std::sync::Mutex<Option<Tensor>>,
 }
 
 impl YAwareContrastiveLearning {
@@ -653,7 +658,15 @@ impl YAwareContrastiveLearning {
         let h2 = self.encoder.forward_t(&prep(batch.x2())?, train)?;
         let z2 = self.projection_head.forward_t(&h2, train)?;
         let y = batch.y().map(|y| y.to_device(&self.device)).transpose()?;
+        let fits_metric = y.is_some() && self.loss.metric().is_none();
         let loss = self.loss.forward(&z1, &z2, y.as_ref())?;
+        if fits_metric && let Some(y) = &y {
+            *self
+                .metric_labels
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(y.to_device(&Device::Cpu)?);
+        }
         Ok(StepOutput {
             loss,
             z1: z1.detach(),

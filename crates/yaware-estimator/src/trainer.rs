@@ -241,6 +241,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 }
 
 const TRAINER_STATE_KEY: &str = "trainer_state_json";
+/// The labels that fitted a lazily fitted kernel metric (Scott, Silverman), refitted on resume.
+const METRIC_LABELS_KEY: &str = "loss.metric_labels";
 
 impl YAwareContrastiveLearning {
     /// Writes a full checkpoint: the `state_dict` (`encoder.*`, `projection_head.*`), the
@@ -260,6 +262,14 @@ impl YAwareContrastiveLearning {
             for (k, t) in s.scheduler.state_tensors()? {
                 tensors.insert(format!("lr_scheduler.{k}"), t);
             }
+        }
+        if let Some(y) = self
+            .metric_labels
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            tensors.insert(METRIC_LABELS_KEY.into(), y.clone());
         }
         let json = serde_json::to_vec(state)?;
         let n = json.len();
@@ -283,11 +293,14 @@ impl YAwareContrastiveLearning {
         let mut opt = HashMap::new();
         let mut sched = HashMap::new();
         let mut state = None;
+        let mut labels = None;
         for (k, t) in all {
             if let Some(rest) = k.strip_prefix("optimizer.") {
                 opt.insert(rest.to_string(), t);
             } else if let Some(rest) = k.strip_prefix("lr_scheduler.") {
                 sched.insert(rest.to_string(), t);
+            } else if k == METRIC_LABELS_KEY {
+                labels = Some(t);
             } else if k == TRAINER_STATE_KEY {
                 let bytes = t.to_dtype(DType::U8)?.to_vec1::<u8>()?;
                 state = Some(
@@ -300,6 +313,15 @@ impl YAwareContrastiveLearning {
         }
         self.load_state_dict(&weights, true)?;
         let state = state.ok_or_else(|| bad("no trainer state".into()))?;
+        if let Some(y) = labels {
+            // The same labels fit the same metric, bit for bit.
+            self.loss.reset();
+            self.loss.weights(&y)?;
+            *self
+                .metric_labels
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(y);
+        }
         if let Some(o) = self.optimizer.as_deref_mut() {
             o.load_state_tensors(&opt)?;
         }

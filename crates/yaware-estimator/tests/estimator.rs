@@ -451,6 +451,44 @@ impl Callback for StopAt {
     }
 }
 
+/// The metrics file is Lightning's wide layout: `epoch,step,<metric>...`, every row as wide as
+/// the header, and each metric's column holds exactly its logged values, in order, bit for bit.
+fn check_wide_csv(csv: &str, state: &TrainerState) {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(&header[..2], ["epoch", "step"], "{csv}");
+    let names: std::collections::BTreeSet<&str> =
+        state.records.iter().map(|r| r.name.as_str()).collect();
+    let mut columns: Vec<&str> = header[2..].to_vec();
+    columns.sort();
+    assert_eq!(columns, names.iter().copied().collect::<Vec<_>>(), "{csv}");
+    let mut cells: Vec<(String, u64, u64, f64)> = Vec::new();
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        assert_eq!(f.len(), header.len(), "{line}");
+        let (epoch, step) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+        for (name, v) in header[2..].iter().zip(&f[2..]) {
+            if !v.is_empty() {
+                cells.push((name.to_string(), epoch, step, v.parse().unwrap()));
+            }
+        }
+    }
+    for name in names {
+        let got: Vec<(u64, u64, u64)> = cells
+            .iter()
+            .filter(|c| c.0 == name)
+            .map(|c| (c.1, c.2, c.3.to_bits()))
+            .collect();
+        let want: Vec<(u64, u64, u64)> = state
+            .records
+            .iter()
+            .filter(|r| r.name == name)
+            .map(|r| (r.epoch, r.step, r.value.to_bits()))
+            .collect();
+        assert_eq!(got, want, "{name}: {csv}");
+    }
+}
+
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("yaware-est-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -660,10 +698,7 @@ fn checkpoints_round_trip_with_reference_names() {
     m.fit(&train, Some(&train[..2].to_vec())).unwrap();
     assert!(dir.join("config.json").is_file());
     let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-    assert!(
-        csv.starts_with("epoch,step,metric,value\n") && csv.contains("loss/val"),
-        "{csv}"
-    );
+    check_wide_csv(&csv, m.trainer_state());
     let best: Vec<_> = std::fs::read_dir(dir.join("best"))
         .unwrap()
         .filter_map(|e| e.ok())
@@ -1107,4 +1142,103 @@ fn user_head_module_and_learning_rate_monitor() {
     let logged = &m.trainer_state().logged;
     assert_eq!(logged["lr/backbone"], 1e-4);
     assert_eq!(logged["lr/head"], 1e-4);
+}
+
+#[test]
+fn top_k_checkpointing_on_a_metric_never_logged_warns_then_fails_after_validation() {
+    let (_, train) = data(true);
+    let config = || YAwareConfig {
+        max_epochs: Some(2),
+        ..base_config()
+    };
+    // Without validation the metric may still come: a warning, no top-k file, `last` saved.
+    let dir = tmpdir("topk-missing");
+    let mut m = YAwareContrastiveLearning::builder(config())
+        .callback(Box::new(ModelCheckpoint::new(
+            dir.clone(),
+            "nope",
+            Mode::Min,
+            1,
+        )))
+        .build()
+        .unwrap();
+    m.fit(&train, None).unwrap();
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files, ["last.safetensors"]);
+    // Once validation has run, a monitored metric that is still missing is a typed error.
+    let mut m = YAwareContrastiveLearning::builder(config())
+        .callback(Box::new(ModelCheckpoint::new(
+            dir.clone(),
+            "nope",
+            Mode::Min,
+            1,
+        )))
+        .build()
+        .unwrap();
+    let e = m
+        .fit(&train, Some(&train[..2].to_vec()))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::MissingMetric { monitor, available } if monitor == "nope" && available.contains(&"loss/val".to_string())),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn resuming_keeps_a_lazily_fitted_scott_bandwidth() {
+    // Labels that differ between batches, so that a metric refitted on the first batch after
+    // the resume point would differ from the one fitted on the run's first batch.
+    let (_, plain) = data(false);
+    let ages = tensor(9, 20, 1).flatten_all().unwrap();
+    let train: Vec<TwoViewBatch> = plain
+        .iter()
+        .enumerate()
+        .map(|(k, b)| {
+            let y = (ages.narrow(0, 2 * k, 2).unwrap() * (10.0 * (k + 1) as f64)).unwrap();
+            TwoViewBatch::new(b.x1().clone(), b.x2().clone(), Some(y)).unwrap()
+        })
+        .collect();
+    let config = YAwareConfig {
+        max_epochs: Some(2),
+        learning_rate: 1e-2,
+        bandwidth: BandwidthSpec::Rule("scott".into()),
+        ..base_config()
+    };
+    let mut full = YAwareContrastiveLearning::new(config.clone()).unwrap();
+    full.fit(&train, None).unwrap();
+    let stop = 13;
+    let dir = tmpdir("resume-scott");
+    let ckpt = ModelCheckpoint::last_only(&dir).every_n_train_steps(stop);
+    let last = ckpt.last_path();
+    let mut part = YAwareContrastiveLearning::builder(config.clone())
+        .callback(Box::new(ckpt))
+        .callback(Box::new(StopAt {
+            epoch: None,
+            step: Some(stop),
+        }))
+        .build()
+        .unwrap();
+    part.fit(&train, None).unwrap();
+    let mut resumed = YAwareContrastiveLearning::new(config).unwrap();
+    resumed.fit_from(&train, None, Some(&last)).unwrap();
+    let h = |m: &YAwareContrastiveLearning| {
+        m.loss()
+            .metric()
+            .unwrap()
+            .sqr_bandwidth()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+    };
+    assert_eq!(h(&resumed), h(&full));
+    assert_eq!(weights(&resumed), weights(&full));
+    assert_eq!(resumed.history(), full.history());
+    let _ = std::fs::remove_dir_all(&dir);
 }
