@@ -33,6 +33,8 @@ const QUICK_ARGS: [&str; 6] = [
 const PERFORMANCE_DOC: &str = "docs/PERFORMANCE.md";
 /// The file a quick run writes, relative to the target directory.
 const QUICK_REPORT: &str = "xtask-bench-quick.md";
+/// candle's setting for its element-wise thread pool, fixed to 1 unless the user sets it.
+const CANDLE_THREADS_VAR: &str = "CANDLE_NUM_THREADS";
 /// File in the criterion directory whose modification time marks a run's start.
 const START_STAMP: &str = "xtask-bench-start.stamp";
 
@@ -155,6 +157,12 @@ fn cargo_bench(root: &Path, dirs: [&Path; 2], options: &Options) -> Result<()> {
         if std::env::var_os(var).is_some_and(|value| !value.is_empty()) {
             command.env(var, dir);
         }
+    }
+    // candle's element-wise thread pool spins between ops and takes the cores that gemm (on
+    // rayon) needs; on small machines one candle thread is much faster (docs/PERFORMANCE.md).
+    // A value the user set wins.
+    if std::env::var_os(CANDLE_THREADS_VAR).is_none() {
+        command.env(CANDLE_THREADS_VAR, "1");
     }
     let status = command
         .status()
