@@ -21,6 +21,18 @@ pub trait Backbone: Send + Sync {
 
     /// Parameters and buffers by their reference names.
     fn varmap(&self) -> &VarMap;
+
+    /// State of the network's own random generator (dropout masks), saved by checkpoints so a
+    /// resumed run draws the same masks as an uninterrupted one; `None` (the default) for
+    /// networks that draw nothing.
+    fn rng_state(&self) -> Option<u64> {
+        None
+    }
+
+    /// Restores a state returned by [`rng_state`](Self::rng_state); a no-op by default.
+    fn set_rng_state(&self, state: u64) {
+        let _ = state;
+    }
 }
 
 /// Whether a `state_dict` name is a buffer (batch-norm running statistics and counter), which

@@ -16,6 +16,11 @@ impl SeededRng {
         Self { state: seed }
     }
 
+    /// The generator's current state: `SeededRng::new(rng.state())` continues the same stream.
+    pub fn state(&self) -> u64 {
+        self.state
+    }
+
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);

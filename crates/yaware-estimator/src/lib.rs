@@ -58,9 +58,8 @@
 //!   Lightning's wide `CSVLogger` layout (`epoch,step,<metric>...`). Resuming is exact for
 //!   data sources whose batches are a function of the epoch (the data crate's loader). A lazily fitted kernel metric (Scott,
 //!   Silverman) is saved as the labels that fitted it (`loss.metric_labels`) and refitted on
-//!   resume, bit for bit. Not saved: the dropout generator of an MLP encoder with `dropout`
-//!   (yaware-backbones exposes no state for it), so a resumed run with dropout draws other
-//!   masks than the uninterrupted one.
+//!   resume, bit for bit; an encoder's own generator (the dropout masks of an MLP) is saved
+//!   as `encoder_rng.state`, so a resumed run draws the masks the uninterrupted one draws.
 //! - `exclude_bias_and_norm_wd` defaults to false (the 0.0.1 API has one group per module).
 //! - Probes (ridge, logistic, kNN) are our own small implementations: logistic regression is
 //!   one-vs-rest for more than two classes (scikit-learn's default is multinomial).

@@ -243,6 +243,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 const TRAINER_STATE_KEY: &str = "trainer_state_json";
 /// The labels that fitted a lazily fitted kernel metric (Scott, Silverman), refitted on resume.
 const METRIC_LABELS_KEY: &str = "loss.metric_labels";
+/// The state of the encoder's own generator (dropout masks), as the bits of a u64 in an I64.
+const ENCODER_RNG_KEY: &str = "encoder_rng.state";
 
 impl YAwareContrastiveLearning {
     /// Writes a full checkpoint: the `state_dict` (`encoder.*`, `projection_head.*`), the
@@ -271,6 +273,10 @@ impl YAwareContrastiveLearning {
         {
             tensors.insert(METRIC_LABELS_KEY.into(), y.clone());
         }
+        if let Some(rng) = self.encoder.rng_state() {
+            let bits = i64::from_ne_bytes(rng.to_ne_bytes());
+            tensors.insert(ENCODER_RNG_KEY.into(), Tensor::new(&[bits], &Device::Cpu)?);
+        }
         let json = serde_json::to_vec(state)?;
         let n = json.len();
         tensors.insert(
@@ -294,6 +300,7 @@ impl YAwareContrastiveLearning {
         let mut sched = HashMap::new();
         let mut state = None;
         let mut labels = None;
+        let mut encoder_rng = None;
         for (k, t) in all {
             if let Some(rest) = k.strip_prefix("optimizer.") {
                 opt.insert(rest.to_string(), t);
@@ -301,6 +308,12 @@ impl YAwareContrastiveLearning {
                 sched.insert(rest.to_string(), t);
             } else if k == METRIC_LABELS_KEY {
                 labels = Some(t);
+            } else if k == ENCODER_RNG_KEY {
+                let bits = t.to_vec1::<i64>()?;
+                let bits = bits
+                    .first()
+                    .ok_or_else(|| bad("empty encoder generator state".into()))?;
+                encoder_rng = Some(u64::from_ne_bytes(bits.to_ne_bytes()));
             } else if k == TRAINER_STATE_KEY {
                 let bytes = t.to_dtype(DType::U8)?.to_vec1::<u8>()?;
                 state = Some(
@@ -313,6 +326,9 @@ impl YAwareContrastiveLearning {
         }
         self.load_state_dict(&weights, true)?;
         let state = state.ok_or_else(|| bad("no trainer state".into()))?;
+        if let Some(rng) = encoder_rng {
+            self.encoder.set_rng_state(rng);
+        }
         if let Some(y) = labels {
             // The same labels fit the same metric, bit for bit.
             self.loss.reset();

@@ -1242,3 +1242,38 @@ fn resuming_keeps_a_lazily_fitted_scott_bandwidth() {
     assert_eq!(resumed.history(), full.history());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn resuming_keeps_the_encoder_dropout_stream() {
+    // An MLP encoder with dropout draws a mask at every train forward: a resumed run must
+    // continue the mask stream where the checkpoint left it.
+    let (_, plain) = data(false);
+    let config = YAwareConfig {
+        encoder: Some(BackboneConfig::Mlp(MlpConfig {
+            dropout: Some(0.5),
+            ..MlpConfig::new(25, vec![16, 10])
+        })),
+        learning_rate: 1e-2,
+        ..base_config()
+    };
+    let mut full = YAwareContrastiveLearning::new(config.clone()).unwrap();
+    full.fit(&plain, None).unwrap();
+    let stop = 13;
+    let dir = tmpdir("resume-dropout");
+    let ckpt = ModelCheckpoint::last_only(&dir).every_n_train_steps(stop);
+    let last = ckpt.last_path();
+    let mut part = YAwareContrastiveLearning::builder(config.clone())
+        .callback(Box::new(ckpt))
+        .callback(Box::new(StopAt {
+            epoch: None,
+            step: Some(stop),
+        }))
+        .build()
+        .unwrap();
+    part.fit(&plain, None).unwrap();
+    let mut resumed = YAwareContrastiveLearning::new(config).unwrap();
+    resumed.fit_from(&plain, None, Some(&last)).unwrap();
+    assert_eq!(weights(&resumed), weights(&full));
+    assert_eq!(resumed.history(), full.history());
+    let _ = std::fs::remove_dir_all(&dir);
+}

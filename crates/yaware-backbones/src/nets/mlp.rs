@@ -280,6 +280,19 @@ impl Backbone for Mlp {
     fn varmap(&self) -> &VarMap {
         &self.varmap
     }
+
+    fn rng_state(&self) -> Option<u64> {
+        self.config.dropout.map(|_| {
+            self.dropout_rng
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .state()
+        })
+    }
+
+    fn set_rng_state(&self, state: u64) {
+        *self.dropout_rng.lock().unwrap_or_else(|e| e.into_inner()) = SeededRng::new(state);
+    }
 }
 
 #[cfg(test)]
@@ -411,5 +424,27 @@ mod tests {
             a
         };
         assert_eq!(run(), run());
+    }
+
+    #[test]
+    fn dropout_state_restores_the_mask_stream() {
+        let cfg = MlpConfig {
+            dropout: Some(0.5),
+            ..MlpConfig::new(8, vec![64, 4])
+        };
+        let vm = VarMap::new();
+        let mlp = Mlp::new(cfg, &vm, 3, DType::F32, &cpu()).unwrap();
+        let x = Tensor::ones((2, 8), DType::F32, &cpu()).unwrap();
+        let state = mlp.rng_state().unwrap();
+        let a = mlp.forward_t(&x, true).unwrap().to_vec2::<f32>().unwrap();
+        let b = mlp.forward_t(&x, true).unwrap().to_vec2::<f32>().unwrap();
+        assert_ne!(a, b);
+        mlp.set_rng_state(state);
+        assert_eq!(
+            mlp.forward_t(&x, true).unwrap().to_vec2::<f32>().unwrap(),
+            a
+        );
+        let plain = Mlp::new(MlpConfig::new(8, vec![4]), &vm, 3, DType::F32, &cpu()).unwrap();
+        assert_eq!(plain.rng_state(), None);
     }
 }
