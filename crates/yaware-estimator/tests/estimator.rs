@@ -1209,23 +1209,7 @@ fn resuming_keeps_a_lazily_fitted_scott_bandwidth() {
         bandwidth: BandwidthSpec::Rule("scott".into()),
         ..base_config()
     };
-    let mut full = YAwareContrastiveLearning::new(config.clone()).unwrap();
-    full.fit(&train, None).unwrap();
-    let stop = 13;
-    let dir = tmpdir("resume-scott");
-    let ckpt = ModelCheckpoint::last_only(&dir).every_n_train_steps(stop);
-    let last = ckpt.last_path();
-    let mut part = YAwareContrastiveLearning::builder(config.clone())
-        .callback(Box::new(ckpt))
-        .callback(Box::new(StopAt {
-            epoch: None,
-            step: Some(stop),
-        }))
-        .build()
-        .unwrap();
-    part.fit(&train, None).unwrap();
-    let mut resumed = YAwareContrastiveLearning::new(config).unwrap();
-    resumed.fit_from(&train, None, Some(&last)).unwrap();
+    let (full, resumed) = full_and_resumed_runs(&config, &train, "resume-scott");
     let h = |m: &YAwareContrastiveLearning| {
         m.loss()
             .metric()
@@ -1240,7 +1224,6 @@ fn resuming_keeps_a_lazily_fitted_scott_bandwidth() {
     assert_eq!(h(&resumed), h(&full));
     assert_eq!(weights(&resumed), weights(&full));
     assert_eq!(resumed.history(), full.history());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -1256,10 +1239,23 @@ fn resuming_keeps_the_encoder_dropout_stream() {
         learning_rate: 1e-2,
         ..base_config()
     };
+    let (full, resumed) = full_and_resumed_runs(&config, &plain, "resume-dropout");
+    assert_eq!(weights(&resumed), weights(&full));
+    assert_eq!(resumed.history(), full.history());
+}
+
+/// An uninterrupted run of `config` on `train`, and a run stopped after step 13 (checkpoint
+/// written there) then resumed from that checkpoint by a fresh estimator.
+fn full_and_resumed_runs(
+    config: &YAwareConfig,
+    train: &[TwoViewBatch],
+    tag: &str,
+) -> (YAwareContrastiveLearning, YAwareContrastiveLearning) {
+    let train = train.to_vec();
     let mut full = YAwareContrastiveLearning::new(config.clone()).unwrap();
-    full.fit(&plain, None).unwrap();
+    full.fit(&train, None).unwrap();
     let stop = 13;
-    let dir = tmpdir("resume-dropout");
+    let dir = tmpdir(tag);
     let ckpt = ModelCheckpoint::last_only(&dir).every_n_train_steps(stop);
     let last = ckpt.last_path();
     let mut part = YAwareContrastiveLearning::builder(config.clone())
@@ -1270,10 +1266,9 @@ fn resuming_keeps_the_encoder_dropout_stream() {
         }))
         .build()
         .unwrap();
-    part.fit(&plain, None).unwrap();
-    let mut resumed = YAwareContrastiveLearning::new(config).unwrap();
-    resumed.fit_from(&plain, None, Some(&last)).unwrap();
-    assert_eq!(weights(&resumed), weights(&full));
-    assert_eq!(resumed.history(), full.history());
+    part.fit(&train, None).unwrap();
+    let mut resumed = YAwareContrastiveLearning::new(config.clone()).unwrap();
+    resumed.fit_from(&train, None, Some(&last)).unwrap();
     let _ = std::fs::remove_dir_all(&dir);
+    (full, resumed)
 }
