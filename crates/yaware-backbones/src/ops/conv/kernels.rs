@@ -22,15 +22,41 @@ use std::ops::Range;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::direct;
+
 /// The element types the kernels run on.
 pub(super) trait Float: Copy + Send + Sync + 'static + std::ops::AddAssign {
     const ZERO: Self;
     const ONE: Self;
+
+    /// The forward pass by the direct kernel (`direct.rs`) where this type, the CPU and the
+    /// geometry suit it; `None` to use im2col + `gemm`.
+    fn direct_forward(_g: &Geom, _st: &Staging, _xs: &[Self], _w: &[Self]) -> Option<Vec<Self>> {
+        None
+    }
+
+    /// The weight gradient by the direct kernel, under the same conditions.
+    fn direct_grad_weight(
+        _g: &Geom,
+        _st: &Staging,
+        _xs: &[Self],
+        _dy: &[Self],
+    ) -> Option<Vec<Self>> {
+        None
+    }
 }
 
 impl Float for f32 {
     const ZERO: Self = 0.0;
     const ONE: Self = 1.0;
+
+    fn direct_forward(g: &Geom, st: &Staging, xs: &[Self], w: &[Self]) -> Option<Vec<Self>> {
+        (direct::enabled() && direct::suits(g, st)).then(|| direct::forward(g, st, xs, w))
+    }
+
+    fn direct_grad_weight(g: &Geom, st: &Staging, xs: &[Self], dy: &[Self]) -> Option<Vec<Self>> {
+        (direct::enabled() && direct::suits(g, st)).then(|| direct::grad_weight(g, st, xs, dy))
+    }
 }
 
 impl Float for f64 {
@@ -53,20 +79,20 @@ pub(super) struct Geom {
 }
 
 impl Geom {
-    fn in_vol(&self) -> usize {
+    pub(super) fn in_vol(&self) -> usize {
         self.input.iter().product()
     }
 
-    fn out_vol(&self) -> usize {
+    pub(super) fn out_vol(&self) -> usize {
         self.output.iter().product()
     }
 
     /// Rows of the column matrix: `C_in·kD·kH·kW`.
-    fn kdim(&self) -> usize {
+    pub(super) fn kdim(&self) -> usize {
         self.c_in * self.kernel.iter().product::<usize>()
     }
 
-    fn positions(&self) -> usize {
+    pub(super) fn positions(&self) -> usize {
         self.n * self.out_vol()
     }
 
@@ -110,16 +136,16 @@ impl Geom {
 /// the values one kernel tap sees along an output row are contiguous and in range: im2col is
 /// then branch-free copies.
 #[derive(Debug, Clone, Copy)]
-struct Staging {
+pub(super) struct Staging {
     hp: usize,
     s: usize,
     wq: usize,
     /// Elements per `(n, c)` volume.
-    vol: usize,
+    pub(super) vol: usize,
 }
 
 impl Staging {
-    fn new(g: &Geom) -> Self {
+    pub(super) fn new(g: &Geom) -> Self {
         let [d, h, w] = g.input;
         let [pd, ph, pw] = g.padding;
         let s = g.stride[2];
@@ -146,12 +172,12 @@ impl Staging {
 
     /// Offset, inside one `(n, c)` volume, of the first value of output row `(od, oh, ow0..)`
     /// for tap `(0, 0, 0)`; consecutive `ow` are consecutive elements.
-    fn out_row(&self, g: &Geom, od: usize, oh: usize, ow0: usize) -> usize {
+    pub(super) fn out_row(&self, g: &Geom, od: usize, oh: usize, ow0: usize) -> usize {
         ((od * g.stride[0] * self.hp + oh * g.stride[1]) * self.s) * self.wq + ow0
     }
 
     /// Offsets of every column-matrix row `(c, kd, kh, kw)` in the staged input.
-    fn row_offsets(&self, g: &Geom) -> Vec<usize> {
+    pub(super) fn row_offsets(&self, g: &Geom) -> Vec<usize> {
         let [kd_n, kh_n, kw_n] = g.kernel;
         let mut offs = Vec::with_capacity(g.kdim());
         for c in 0..g.c_in {
@@ -167,7 +193,7 @@ impl Staging {
     }
 
     /// Copies `x (N, C, D, H, W)` into the staged layout.
-    fn stage<T: Float>(&self, g: &Geom, x: &[T]) -> Vec<T> {
+    pub(super) fn stage<T: Float>(&self, g: &Geom, x: &[T]) -> Vec<T> {
         let mut out = vec![T::ZERO; g.n * g.c_in * self.vol];
         let (w, pw) = (g.input[2], g.padding[2]);
         out.par_chunks_mut(self.vol)
@@ -388,7 +414,7 @@ impl Plan {
 
 /// A raw pointer that may cross threads; every user writes disjoint elements.
 #[derive(Clone, Copy)]
-struct SendPtr<T>(*mut T);
+pub(super) struct SendPtr<T>(pub(super) *mut T);
 
 // SAFETY: the kernels only write through it at indices no other thread touches.
 unsafe impl<T: Send> Send for SendPtr<T> {}
@@ -396,7 +422,7 @@ unsafe impl<T: Send> Send for SendPtr<T> {}
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
-    fn get(self) -> *mut T {
+    pub(super) fn get(self) -> *mut T {
         self.0
     }
 }
@@ -605,6 +631,9 @@ pub(super) fn forward<T: Float>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     }
     let st = Staging::new(g);
     let xs = st.stage(g, x);
+    if let Some(y) = T::direct_forward(g, &st, &xs, w) {
+        return y;
+    }
     let row_offs = st.row_offsets(g);
     plan.map_groups(|tiles, par| {
         let mut sc = Scratch::<T>::default();
@@ -705,6 +734,9 @@ pub(super) fn grad_weight<T: Float>(g: &Geom, x: &[T], dy: &[T]) -> Vec<T> {
     } else {
         st.stage(g, x)
     };
+    if !pointwise && let Some(dw) = T::direct_grad_weight(g, &st, &xs, dy) {
+        return dw;
+    }
     let row_offs = if pointwise {
         Vec::new()
     } else {

@@ -1,11 +1,17 @@
 //! `conv3d`: tiled im2col + gemm custom op with a hand-written backward.
 //!
+//! On x86-64 CPUs with AVX2 and FMA, f32 convolutions with enough output positions run the
+//! forward pass and the weight gradient on a direct (implicit-GEMM) kernel instead
+//! (`direct.rs`), which reads the padded input in place of an im2col copy; set the environment
+//! variable `YAWARE_CONV3D_IM2COL=1` to force im2col + gemm (to compare both).
+//!
 //! The op is a `candle_core::CustomOp2` on `(x, w)`. Its backward pass calls two helper ops
 //! without autograd: the weight gradient (`dY · colᵀ`, accumulated per thread) when `w` is
 //! tracked, and the input gradient when `params.input_grad` is set and `x` is tracked (for
 //! stride 1 a convolution of `dY` with the flipped kernel, otherwise `Wᵀ · dY` and a race-free
 //! col2im). See `kernels.rs` for the tiling.
 
+mod direct;
 mod kernels;
 
 use candle_core::backend::BackendStorage;

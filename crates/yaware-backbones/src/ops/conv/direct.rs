@@ -1,0 +1,487 @@
+//! Direct (implicit-GEMM) f32 convolution for x86-64 CPUs with AVX2 and FMA.
+//!
+//! The im2col path (`kernels.rs`) writes every input value `k³` times into a column buffer and
+//! reads it back in `gemm`: for the wide, shallow layers of a 3D ResNet that copy moves as many
+//! bytes as the matmul itself. This kernel reads the staged input directly instead.
+//!
+//! Micro-kernel: 16 output channels (two 8-lane registers) × 6 output positions, 12
+//! accumulators. For every row `k = (c, kd, kh, kw)` of the (virtual) column matrix it loads
+//! the 16 packed weights of `k` and broadcasts the 6 input values the positions see, each from
+//! its own address `base(position) + offset(k)` in the staged input. Every position carries its
+//! own base, so any stride, dilation, padding and output width is handled the same way (the
+//! staged input splits W into stride phases, see `kernels::Staging`). The whole reduction over
+//! `k` stays in registers; outputs are written once.
+//!
+//! Work is split over rayon in chunks of output positions; inside a chunk the loop runs over
+//! blocks of 16 output channels (the packed weights of a block, `16·K` floats, stay in L2),
+//! then over groups of 6 positions.
+
+use rayon::prelude::*;
+
+use super::kernels::{Geom, SendPtr, Staging};
+
+/// Output channels per micro-kernel (two AVX registers).
+const MR: usize = 16;
+/// Output positions per micro-kernel.
+const NR: usize = 6;
+/// Output positions per parallel task.
+const CHUNK: usize = NR * 16;
+/// Rows of the column matrix per slice of the forward's reduction (16 KiB of packed weights).
+const KC: usize = 256;
+
+/// 16 packed weights of one column-matrix row, on one cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Panel([f32; MR]);
+
+/// Whether this CPU runs the kernel (checked once).
+pub(super) fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static AVAILABLE: OnceLock<bool> = OnceLock::new();
+        *AVAILABLE.get_or_init(|| {
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether the direct kernel may run: true unless the environment variable
+/// `YAWARE_CONV3D_IM2COL` is set to `1` (read once; a diagnostic switch to compare both paths).
+pub(super) fn enabled() -> bool {
+    use std::sync::OnceLock;
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("YAWARE_CONV3D_IM2COL").map_or(true, |v| v != "1"))
+}
+
+/// Whether the direct kernel is the better choice for this geometry.
+///
+/// It needs enough output positions to fill its 6-wide groups and chunks, and row offsets
+/// that fit in `u32`. Deep layers on tiny volumes (a few positions, thousands of weight rows)
+/// stay on im2col + `gemm`, whose packing amortises better there.
+pub(super) fn suits(g: &Geom, st: &Staging) -> bool {
+    available()
+        && g.positions() >= 2 * CHUNK
+        && g.c_out >= 8
+        && g.c_in
+            .checked_mul(st.vol)
+            .is_some_and(|v| v < u32::MAX as usize)
+}
+
+/// Forward pass on the staged input `xs` (see [`Staging`]) with weights `w (C_out, K)`;
+/// returns `(N, C_out, oD, oH, oW)`. The caller checks [`suits`] first.
+pub(super) fn forward(g: &Geom, st: &Staging, xs: &[f32], w: &[f32]) -> Vec<f32> {
+    assert!(
+        available(),
+        "direct conv3d kernel called without AVX2 + FMA"
+    );
+    let (c_out, s_n, kdim) = (g.c_out, g.out_vol(), g.kdim());
+    let blocks = c_out.div_ceil(MR);
+    // panels[b·K + k] = w[b·16 .. b·16 + 16, k], zero beyond C_out.
+    let mut panels = vec![Panel([0.0; MR]); blocks * kdim];
+    panels
+        .par_chunks_mut(kdim)
+        .enumerate()
+        .for_each(|(b, dst)| {
+            for i in 0..MR.min(c_out - b * MR) {
+                let row = &w[(b * MR + i) * kdim..][..kdim];
+                for (p, &v) in dst.iter_mut().zip(row) {
+                    p.0[i] = v;
+                }
+            }
+        });
+    let offs: Vec<u32> = st
+        .row_offsets(g)
+        .into_iter()
+        .map(|o| u32::try_from(o).unwrap_or_else(|_| unreachable!("checked by `suits`")))
+        .collect();
+    let positions = g.positions();
+    let mut out = vec![0.0f32; g.n * c_out * s_n];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..positions.div_ceil(CHUNK))
+        .into_par_iter()
+        .for_each(|chunk| {
+            let first = chunk * CHUNK;
+            let len = CHUNK.min(positions - first);
+            // Staged offset of tap 0, channel 0 for every position of the chunk, padded to a
+            // multiple of NR with the last one (computed, never stored).
+            let mut bases = [0usize; CHUNK];
+            for (i, b) in bases.iter_mut().enumerate() {
+                *b = position_base(g, st, first + i.min(len - 1));
+            }
+            let groups = len.div_ceil(NR);
+            let mut tiles = [[[0.0f32; MR]; NR]; CHUNK / NR];
+            let mut rows_buf = [[0.0f32; CHUNK]; MR];
+            for b in 0..blocks {
+                let panel = &panels[b * kdim..(b + 1) * kdim];
+                let rows = MR.min(c_out - b * MR);
+                for tile in &mut tiles[..groups] {
+                    *tile = [[0.0; MR]; NR];
+                }
+                // K in slices whose packed weights (KC · 64 bytes) stay in L1 while every
+                // group of positions of the chunk uses them.
+                for k0 in (0..kdim).step_by(KC) {
+                    let k1 = (k0 + KC).min(kdim);
+                    for (tile, bases) in tiles[..groups].iter_mut().zip(bases.chunks_exact(NR)) {
+                        let bases: &[usize; NR] =
+                            bases.try_into().unwrap_or_else(|_| unreachable!());
+                        // SAFETY: AVX2 + FMA checked by `available`; every base + offset
+                        // addresses a value inside `xs` (staged layout).
+                        unsafe { micro_16x6(&panel[k0..k1], &offs[k0..k1], xs, bases, tile) };
+                    }
+                }
+                // Transpose the tiles to rows of output channels, then write each row as
+                // contiguous runs (one per sample): scattered stores at the sample stride
+                // would alias in L1.
+                for (grp, tile) in tiles[..groups].iter().enumerate() {
+                    for (j, col) in tile.iter().enumerate() {
+                        for (i, &v) in col.iter().enumerate() {
+                            rows_buf[i][grp * NR + j] = v;
+                        }
+                    }
+                }
+                let mut t = 0;
+                while t < len {
+                    let p = first + t;
+                    let (n, s) = (p / s_n, p % s_n);
+                    let run = (s_n - s).min(len - t);
+                    for (i, row) in rows_buf.iter().enumerate().take(rows) {
+                        // SAFETY: out[n, b·16 + i, s..s + run] is written by this task only.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(
+                                row[t..].as_ptr(),
+                                out_ptr.get().add((n * c_out + b * MR + i) * s_n + s),
+                                run,
+                            )
+                        };
+                    }
+                    t += run;
+                }
+            }
+        });
+    out
+}
+
+/// Positions per round of the weight gradient: the packed `dY` of one channel block for a
+/// round (`PCHUNK · 64` bytes) stays in L2 while every weight row uses it.
+const PCHUNK: usize = 2048;
+
+/// Staged offset of tap 0, channel 0 for output position `p` (flattened over `N, oD, oH, oW`).
+fn position_base(g: &Geom, st: &Staging, p: usize) -> usize {
+    let s_n = g.out_vol();
+    let [_, oh_n, ow_n] = g.output;
+    let (n, s) = (p / s_n, p % s_n);
+    let (ow, r) = (s % ow_n, s / ow_n);
+    n * g.c_in * st.vol + st.out_row(g, r / oh_n, r % oh_n, ow)
+}
+
+/// Weight gradient `dW (C_out, K) = Σ_p dY[:, p] · col[:, p]ᵀ` on the staged input `xs`, the
+/// same micro-kernel with the roles swapped: the packed operand is `dY` (16 output channels per
+/// position), the 6 broadcast streams are 6 rows `k` of the virtual column matrix, and the
+/// reduction runs over output positions. The caller checks [`suits`] first.
+pub(super) fn grad_weight(g: &Geom, st: &Staging, xs: &[f32], dy: &[f32]) -> Vec<f32> {
+    assert!(
+        available(),
+        "direct conv3d kernel called without AVX2 + FMA"
+    );
+    let (c_out, s_n, kdim) = (g.c_out, g.out_vol(), g.kdim());
+    let blocks = c_out.div_ceil(MR);
+    let positions = g.positions();
+    let offs = st.row_offsets(g);
+    let groups = kdim.div_ceil(NR);
+    let mut dw = vec![0.0f32; c_out * kdim];
+    let dw_ptr = SendPtr(dw.as_mut_ptr());
+    let mut panels = vec![Panel([0.0; MR]); blocks * PCHUNK];
+    let mut bases = vec![0usize; PCHUNK];
+    let mut first = 0;
+    while first < positions {
+        let len = PCHUNK.min(positions - first);
+        bases[..len]
+            .par_iter_mut()
+            .enumerate()
+            .for_each(|(i, b)| *b = position_base(g, st, first + i));
+        // panels[b·PCHUNK + t] = dy[n, b·16 .. b·16 + 16, s] for position first + t.
+        panels
+            .par_chunks_mut(PCHUNK)
+            .enumerate()
+            .for_each(|(b, dst)| {
+                let rows = MR.min(c_out - b * MR);
+                for (t0, dst) in dst[..len].chunks_mut(64).enumerate() {
+                    for i in 0..rows {
+                        for (t, p) in dst.iter_mut().enumerate() {
+                            let pos = first + t0 * 64 + t;
+                            let (n, s) = (pos / s_n, pos % s_n);
+                            p.0[i] = dy[(n * c_out + b * MR + i) * s_n + s];
+                        }
+                    }
+                }
+            });
+        let (panels, bases) = (&panels, &bases[..len]);
+        (0..blocks * groups).into_par_iter().for_each(|task| {
+            let (b, grp) = (task / groups, task % groups);
+            let k0 = grp * NR;
+            let ks: [usize; NR] = std::array::from_fn(|j| (k0 + j).min(kdim - 1));
+            let rows_k: [usize; NR] = ks.map(|k| offs[k]);
+            let mut tile = [[0.0f32; MR]; NR];
+            // SAFETY: AVX2 + FMA checked by `available`; offs[k] + bases[t] addresses the value
+            // row k of the column matrix holds for position t, inside `xs`.
+            unsafe {
+                micro_16x6(
+                    &panels[b * PCHUNK..b * PCHUNK + len],
+                    bases,
+                    xs,
+                    &rows_k,
+                    &mut tile,
+                )
+            };
+            for (j, col) in tile.iter().enumerate().take(kdim - k0.min(kdim)) {
+                for (i, &v) in col.iter().enumerate().take(MR.min(c_out - b * MR)) {
+                    // SAFETY: dW[b·16 + i, k0 + j] belongs to this task only within a round;
+                    // rounds run one after the other.
+                    unsafe { *dw_ptr.get().add((b * MR + i) * kdim + k0 + j) += v };
+                }
+            }
+        });
+        first += len;
+    }
+    dw
+}
+
+/// An offset type of the micro-kernel's shared offset sequence.
+trait Offset: Copy {
+    fn at(self) -> usize;
+}
+
+impl Offset for u32 {
+    #[inline(always)]
+    fn at(self) -> usize {
+        self as usize
+    }
+}
+
+impl Offset for usize {
+    #[inline(always)]
+    fn at(self) -> usize {
+        self
+    }
+}
+
+/// `tile[j][i] += Σ_k panel[k][i] · xs[bases[j] + offs[k]]`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA, and `bases[j] + offs[k]` must be in bounds of `xs` for
+/// every `j` and every `k < panel.len()` (`offs.len() == panel.len()`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn micro_16x6<O: Offset>(
+    panel: &[Panel],
+    offs: &[O],
+    xs: &[f32],
+    bases: &[usize; NR],
+    tile: &mut [[f32; MR]; NR],
+) {
+    use std::arch::x86_64::*;
+    debug_assert_eq!(panel.len(), offs.len());
+    let x = xs.as_ptr();
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        let [x0, x1, x2, x3, x4, x5] = bases.map(|b| x.add(b));
+        let mut c = [_mm256_setzero_ps(); 2 * NR];
+        for (j, col) in tile.iter().enumerate() {
+            c[2 * j] = _mm256_loadu_ps(col.as_ptr());
+            c[2 * j + 1] = _mm256_loadu_ps(col.as_ptr().add(8));
+        }
+        for (p, &o) in panel.iter().zip(offs) {
+            let o = o.at();
+            let a0 = _mm256_load_ps(p.0.as_ptr());
+            let a1 = _mm256_load_ps(p.0.as_ptr().add(8));
+            let b = _mm256_broadcast_ss(&*x0.add(o));
+            c[0] = _mm256_fmadd_ps(a0, b, c[0]);
+            c[1] = _mm256_fmadd_ps(a1, b, c[1]);
+            let b = _mm256_broadcast_ss(&*x1.add(o));
+            c[2] = _mm256_fmadd_ps(a0, b, c[2]);
+            c[3] = _mm256_fmadd_ps(a1, b, c[3]);
+            let b = _mm256_broadcast_ss(&*x2.add(o));
+            c[4] = _mm256_fmadd_ps(a0, b, c[4]);
+            c[5] = _mm256_fmadd_ps(a1, b, c[5]);
+            let b = _mm256_broadcast_ss(&*x3.add(o));
+            c[6] = _mm256_fmadd_ps(a0, b, c[6]);
+            c[7] = _mm256_fmadd_ps(a1, b, c[7]);
+            let b = _mm256_broadcast_ss(&*x4.add(o));
+            c[8] = _mm256_fmadd_ps(a0, b, c[8]);
+            c[9] = _mm256_fmadd_ps(a1, b, c[9]);
+            let b = _mm256_broadcast_ss(&*x5.add(o));
+            c[10] = _mm256_fmadd_ps(a0, b, c[10]);
+            c[11] = _mm256_fmadd_ps(a1, b, c[11]);
+        }
+        for (j, col) in tile.iter_mut().enumerate() {
+            _mm256_storeu_ps(col.as_mut_ptr(), c[2 * j]);
+            _mm256_storeu_ps(col.as_mut_ptr().add(8), c[2 * j + 1]);
+        }
+    }
+}
+
+/// Never called: [`available`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn micro_16x6<O: Offset>(
+    _panel: &[Panel],
+    _offs: &[O],
+    _xs: &[f32],
+    _bases: &[usize; NR],
+    _tile: &mut [[f32; MR]; NR],
+) {
+    unreachable!("the direct conv3d kernel needs x86-64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::kernels::{Geom, Staging};
+    use super::*;
+
+    /// A small deterministic generator for test data.
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    /// The direct forward and weight-gradient kernels against a naive direct convolution in
+    /// f64, on geometries with odd sizes, channel counts that are not multiples of 16 (or of 6
+    /// weight rows), strides, padding and dilation.
+    #[test]
+    fn direct_matches_naive_loops() {
+        if !available() {
+            return;
+        }
+        let cases = [
+            // (n, c_in, c_out, input, kernel, stride, padding, dilation)
+            (
+                2,
+                3,
+                20,
+                [7, 9, 11],
+                [3, 3, 3],
+                [1, 1, 1],
+                [1, 1, 1],
+                [1, 1, 1],
+            ),
+            (
+                2,
+                2,
+                16,
+                [13, 12, 15],
+                [3, 2, 3],
+                [2, 2, 2],
+                [1, 0, 1],
+                [1, 1, 1],
+            ),
+            (
+                3,
+                1,
+                8,
+                [11, 10, 9],
+                [7, 7, 7],
+                [2, 2, 2],
+                [3, 3, 3],
+                [1, 1, 1],
+            ),
+            (
+                3,
+                4,
+                33,
+                [8, 7, 9],
+                [3, 3, 3],
+                [1, 2, 3],
+                [2, 1, 0],
+                [2, 1, 1],
+            ),
+        ];
+        for (n, c_in, c_out, input, kernel, stride, padding, dilation) in cases {
+            let output: [usize; 3] = std::array::from_fn(|a| {
+                (input[a] + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1) / stride[a] + 1
+            });
+            let g = Geom {
+                n,
+                c_in,
+                c_out,
+                input,
+                kernel,
+                output,
+                stride,
+                padding,
+                dilation,
+            };
+            let st = Staging::new(&g);
+            assert!(suits(&g, &st), "case {g:?} too small for the direct kernel");
+            let x = values(n * c_in * g.in_vol(), 1);
+            let w = values(c_out * g.kdim(), 2);
+            let xs = st.stage(&g, &x);
+            let y = forward(&g, &st, &xs, &w);
+            let dy = values(y.len(), 3);
+            let dw = grad_weight(&g, &st, &xs, &dy);
+            let mut dw_naive = vec![0.0f64; w.len()];
+            let [d, h, wd] = input;
+            let [kd, kh, kw] = kernel;
+            let [od, oh, ow] = output;
+            let mut worst = 0.0f64;
+            for b in 0..n {
+                for co in 0..c_out {
+                    for (z, yy, xx) in (0..od)
+                        .flat_map(|z| (0..oh).flat_map(move |y| (0..ow).map(move |x| (z, y, x))))
+                    {
+                        let mut acc = 0.0f64;
+                        for c in 0..c_in {
+                            for (a, bb, e) in (0..kd).flat_map(|a| {
+                                (0..kh).flat_map(move |b| (0..kw).map(move |e| (a, b, e)))
+                            }) {
+                                let iz = (z * stride[0] + a * dilation[0]) as isize
+                                    - padding[0] as isize;
+                                let iy = (yy * stride[1] + bb * dilation[1]) as isize
+                                    - padding[1] as isize;
+                                let ix = (xx * stride[2] + e * dilation[2]) as isize
+                                    - padding[2] as isize;
+                                if iz < 0
+                                    || iy < 0
+                                    || ix < 0
+                                    || iz >= d as isize
+                                    || iy >= h as isize
+                                    || ix >= wd as isize
+                                {
+                                    continue;
+                                }
+                                let xi = (((b * c_in + c) * d + iz as usize) * h + iy as usize)
+                                    * wd
+                                    + ix as usize;
+                                let wi = (((co * c_in + c) * kd + a) * kh + bb) * kw + e;
+                                acc += f64::from(x[xi]) * f64::from(w[wi]);
+                                let yi = (((b * c_out + co) * od + z) * oh + yy) * ow + xx;
+                                dw_naive[wi] += f64::from(x[xi]) * f64::from(dy[yi]);
+                            }
+                        }
+                        let yi = (((b * c_out + co) * od + z) * oh + yy) * ow + xx;
+                        worst = worst.max((f64::from(y[yi]) - acc).abs());
+                    }
+                }
+            }
+            // f32 sums of at most 4·49 products of values in [-0.5, 0.5].
+            assert!(worst < 1e-5, "case {g:?}: forward worst error {worst}");
+            // dW sums up to N·|out| ≤ 3·6³ products.
+            let worst_dw = dw
+                .iter()
+                .zip(&dw_naive)
+                .map(|(&a, &b)| (f64::from(a) - b).abs())
+                .fold(0.0, f64::max);
+            assert!(worst_dw < 1e-4, "case {g:?}: dW worst error {worst_dw}");
+        }
+    }
+}
