@@ -464,6 +464,37 @@ pub struct ResNetTruncated {
     varmap: VarMap,
 }
 
+/// Configuration of a [`ResNetTruncated`] (the reference's
+/// `ResNetTruncated(block, layers, depth, **kwargs)`): a [`ResNetConfig`], whose
+/// `n_embedding` is unused, and the number of layers kept after the stem. Serialised flat:
+/// the ResNet's arguments beside `depth`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResNetTruncatedConfig {
+    /// The network's configuration.
+    #[serde(flatten)]
+    pub resnet: ResNetConfig,
+    /// Layers kept after the stem, 0..=4.
+    pub depth: usize,
+}
+
+impl ResNetTruncatedConfig {
+    /// `resnet` cut after the stem and `depth` layers.
+    pub fn new(resnet: ResNetConfig, depth: usize) -> Self {
+        Self { resnet, depth }
+    }
+
+    /// Channels of the output feature map.
+    pub fn output_dim(&self) -> usize {
+        self.resnet.feature_channels(self.depth)
+    }
+
+    /// Checks the depth (0..=4, the reference's message) and the ResNet's hyper-parameters.
+    pub fn validate(&self) -> Result<()> {
+        ResNetTruncated::check_depth(self.depth)?;
+        self.resnet.validate()
+    }
+}
+
 impl ResNetTruncated {
     fn check_depth(depth: usize) -> Result<()> {
         if depth > 4 {
