@@ -42,6 +42,23 @@ pub enum Error {
         /// The shape the network expects.
         expected: Vec<usize>,
     },
+    /// A backbone name that [`crate::BackboneConfig::from_name`] does not know.
+    #[error("unknown backbone `{name}`; known names: {known}")]
+    UnknownBackbone {
+        /// The name given.
+        name: String,
+        /// Every accepted name, comma-separated.
+        known: String,
+    },
+    /// Keyword arguments a backbone cannot take: of the wrong type, missing, unexpected, or
+    /// fixed by a factory (`block` for `resnet18`, …).
+    #[error("invalid arguments for backbone `{name}`: {problem}")]
+    BackboneKwargs {
+        /// The backbone's name, as given.
+        name: String,
+        /// What was wrong, naming the argument.
+        problem: String,
+    },
     /// An error raised by candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -10,12 +10,14 @@
 //! `candle_nn::VarMap` under the reference names.
 //!
 //! Place in the workspace: depends on candle (plus `gemm` and `rayon` for the kernels, `serde`
-//! for configurations); `yaware-heads` and `yaware-estimator`
+//! and `serde_json` for configurations by name); `yaware-heads` and `yaware-estimator`
 //! depend on it.
 //!
 //! **Status:** seeded initialisation ([`init`]), the [`Backbone`] trait, [`Mlp`], the 3D ops
 //! ([`ops`]) and the networks ([`ResNet`], [`ResNetTruncated`], [`DenseNet`], [`AlexNet`]),
-//! ResNet-18 checked against the reference's golden outputs.
+//! ResNet-18 checked against the reference's golden outputs; grouped convolutions
+//! (ResNeXt-style Bottlenecks), the pooling options of PyTorch ([`ops::Pool3dParams`]) and
+//! backbones by the reference's class and factory names ([`BackboneConfig::from_name`]).
 
 mod backbone;
 mod error;
@@ -27,5 +29,5 @@ pub use backbone::{Backbone, buffer_vars, is_buffer_name, trainable_vars};
 pub use error::{Error, Result};
 pub use nets::{
     Activation, AlexNet, AlexNetConfig, BackboneConfig, DenseNet, DenseNetConfig, Mlp, MlpConfig,
-    ResNet, ResNetBlock, ResNetConfig, ResNetTruncated,
+    ResNet, ResNetBlock, ResNetConfig, ResNetTruncated, ResNetTruncatedConfig,
 };

@@ -159,6 +159,7 @@ impl<'a> Params<'a> {
                 stride: [spec.stride; 3],
                 padding: [spec.padding; 3],
                 dilation: [spec.dilation; 3],
+                groups: spec.groups,
                 input_grad: true,
             },
         })
@@ -192,7 +193,8 @@ fn full_name(vb: &VarBuilder, name: &str) -> String {
     }
 }
 
-/// Shape and hyper-parameters of a cubic 3D convolution.
+/// Shape and hyper-parameters of a cubic 3D convolution (`cin` and `cout` multiples of
+/// `groups`).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConvSpec {
     pub(crate) cin: usize,
@@ -201,10 +203,11 @@ pub(crate) struct ConvSpec {
     pub(crate) stride: usize,
     pub(crate) padding: usize,
     pub(crate) dilation: usize,
+    pub(crate) groups: usize,
 }
 
 impl ConvSpec {
-    /// A `k³` convolution `cin → cout` with stride and padding, no dilation.
+    /// A `k³` convolution `cin → cout` with stride and padding, no dilation, one group.
     pub(crate) fn new(cin: usize, cout: usize, k: usize, stride: usize, padding: usize) -> Self {
         Self {
             cin,
@@ -213,14 +216,15 @@ impl ConvSpec {
             stride,
             padding,
             dilation: 1,
+            groups: 1,
         }
     }
 
-    /// The weight's shape `(cout, cin, k, k, k)`.
+    /// The weight's shape `(cout, cin / groups, k, k, k)`.
     pub(crate) fn weight_shape(&self) -> [usize; 5] {
         [
             self.cout,
-            self.cin,
+            self.cin / self.groups,
             self.kernel[0],
             self.kernel[1],
             self.kernel[2],

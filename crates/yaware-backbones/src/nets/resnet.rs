@@ -47,10 +47,13 @@ pub struct ResNetConfig {
     /// Zero the weight of the last batch norm of every block (default false).
     #[serde(default)]
     pub zero_init_residual: bool,
-    /// Groups of the Bottleneck `3³` convolution (default 1; only 1 is implemented).
+    /// Groups of the Bottleneck `3³` convolution (default 1; ResNeXt uses e.g. 32). BasicBlock
+    /// refuses anything but 1, as the reference does.
     #[serde(default = "one")]
     pub groups: usize,
-    /// Channels per group of the Bottleneck `3³` convolution (default 64).
+    /// The reference's `width_per_group` (torchvision's `base_width`, default 64): the
+    /// Bottleneck `3³` convolution has `⌊planes · width_per_group / 64⌋ · groups` channels.
+    /// BasicBlock refuses anything but 64.
     #[serde(default = "n64")]
     pub width_per_group: usize,
     /// Replace the stride 2 of layers 2–4 with a dilation (default none).
@@ -197,17 +200,9 @@ impl ResNetConfig {
                     });
                 }
             }
-            ResNetBlock::Bottleneck => {
-                if self.groups != 1 {
-                    return Err(Error::InvalidParam {
-                        name: "groups",
-                        value: self.groups.to_string(),
-                        reason: "grouped 3D convolutions are not implemented (conv3d has \
-                                 groups = 1)"
-                            .into(),
-                    });
-                }
-            }
+            // Any groups and width: the 3³ convolution has `bottleneck_width` channels, a
+            // multiple of `groups` by construction.
+            ResNetBlock::Bottleneck => {}
         }
         Ok(())
     }
@@ -277,6 +272,7 @@ impl Block {
                     ConvSpec::new(plan.inplanes, width, 1, 1, 0),
                     ConvSpec {
                         dilation: plan.dilation,
+                        groups: cfg.groups,
                         ..ConvSpec::new(width, width, 3, plan.stride, plan.dilation)
                     },
                     ConvSpec::new(width, plan.planes * exp, 1, 1, 0),
@@ -466,6 +462,37 @@ pub struct ResNetTruncated {
     depth: usize,
     body: Body,
     varmap: VarMap,
+}
+
+/// Configuration of a [`ResNetTruncated`] (the reference's
+/// `ResNetTruncated(block, layers, depth, **kwargs)`): a [`ResNetConfig`], whose
+/// `n_embedding` is unused, and the number of layers kept after the stem. Serialised flat:
+/// the ResNet's arguments beside `depth`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResNetTruncatedConfig {
+    /// The network's configuration.
+    #[serde(flatten)]
+    pub resnet: ResNetConfig,
+    /// Layers kept after the stem, 0..=4.
+    pub depth: usize,
+}
+
+impl ResNetTruncatedConfig {
+    /// `resnet` cut after the stem and `depth` layers.
+    pub fn new(resnet: ResNetConfig, depth: usize) -> Self {
+        Self { resnet, depth }
+    }
+
+    /// Channels of the output feature map.
+    pub fn output_dim(&self) -> usize {
+        self.resnet.feature_channels(self.depth)
+    }
+
+    /// Checks the depth (0..=4, the reference's message) and the ResNet's hyper-parameters.
+    pub fn validate(&self) -> Result<()> {
+        ResNetTruncated::check_depth(self.depth)?;
+        self.resnet.validate()
+    }
 }
 
 impl ResNetTruncated {

@@ -8,4 +8,7 @@ mod pool;
 
 pub use conv::{Conv3dParams, conv3d};
 pub use norm::BatchNorm3d;
-pub use pool::{adaptive_avg_pool3d_1, adaptive_max_pool3d_1, avg_pool3d, max_pool3d};
+pub use pool::{
+    Pool3dParams, adaptive_avg_pool3d_1, adaptive_max_pool3d_1, avg_pool3d, avg_pool3d_with,
+    max_pool3d, max_pool3d_with,
+};

@@ -9,9 +9,11 @@
 //! without autograd: the weight gradient (`dY · colᵀ`, accumulated per thread) when `w` is
 //! tracked, and the input gradient when `params.input_grad` is set and `x` is tracked (for
 //! stride 1 a convolution of `dY` with the flipped kernel, otherwise `Wᵀ · dY` and a race-free
-//! col2im). See `kernels.rs` for the tiling.
+//! col2im). See `kernels.rs` for the tiling. Grouped convolutions (`groups > 1`) run the
+//! ungrouped op once per group (`grouped.rs`).
 
 mod direct;
+mod grouped;
 mod kernels;
 
 use candle_core::backend::BackendStorage;
@@ -31,6 +33,10 @@ pub struct Conv3dParams {
     pub padding: [usize; 3],
     /// Dilation per axis.
     pub dilation: [usize; 3],
+    /// Number of channel groups (PyTorch's `groups`; 1 = an ordinary convolution): input
+    /// and output channels are split into `groups` blocks and block `g` of the output sees
+    /// only block `g` of the input, through a weight of shape `(C_out, C_in / groups, k…)`.
+    pub groups: usize,
     /// Whether the backward pass computes the input gradient (false for a stem on raw volumes).
     pub input_grad: bool,
 }
@@ -41,6 +47,7 @@ impl Default for Conv3dParams {
             stride: [1; 3],
             padding: [0; 3],
             dilation: [1; 3],
+            groups: 1,
             input_grad: true,
         }
     }
@@ -75,14 +82,27 @@ impl Conv3dParams {
         self
     }
 
+    /// Sets the number of channel groups.
+    pub fn with_groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+
     /// Sets whether the backward pass computes the input gradient.
     pub fn with_input_grad(mut self, input_grad: bool) -> Self {
         self.input_grad = input_grad;
         self
     }
 
-    /// Checks that stride and dilation are positive on every axis.
+    /// Checks that stride and dilation are positive on every axis and `groups` is positive.
     pub fn validate(&self) -> Result<()> {
+        if self.groups == 0 {
+            return Err(Error::InvalidParam {
+                name: "groups",
+                value: "0".into(),
+                reason: "must be at least 1".into(),
+            });
+        }
         for (name, v) in [("stride", self.stride), ("dilation", self.dilation)] {
             if v.contains(&0) {
                 return Err(Error::InvalidParam {
@@ -128,14 +148,22 @@ impl Conv3dParams {
     }
 }
 
-/// 3D convolution of `x (N, C_in, D, H, W)` with `w (C_out, C_in, kD, kH, kW)`, no bias
-/// (add one with `broadcast_add`), groups = 1.
+/// 3D convolution of `x (N, C_in, D, H, W)` with `w (C_out, C_in / groups, kD, kH, kW)`, no
+/// bias (add one with `broadcast_add`).
 ///
 /// PyTorch semantics (cross-correlation, zero padding); the output is
 /// `(N, C_out, oD, oH, oW)` with the sizes of [`Conv3dParams::output_size`]. Runs on the CPU in
 /// f32 or f64; non-contiguous inputs are copied first. The result has autograd: the weight
 /// gradient always, the input gradient when `params.input_grad` is set and `x` is tracked.
+///
+/// With `params.groups > 1`, `C_in` and `C_out` must be multiples of `groups` and the weight
+/// must have `C_in / groups` input channels ([`Error::InvalidParam`] / [`Error::Input`] naming
+/// the values otherwise); each group is then an ordinary convolution of its channel block,
+/// the results concatenated along the channels.
 pub fn conv3d(x: &Tensor, w: &Tensor, params: &Conv3dParams) -> Result<Tensor> {
+    if params.groups != 1 {
+        return grouped::conv3d_grouped(x, w, params);
+    }
     let geom = check(x, w, params)?;
     let x = x.contiguous()?;
     let w = w.contiguous()?;
