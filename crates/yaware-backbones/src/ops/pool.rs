@@ -11,8 +11,6 @@
 //! Max pooling without dilation runs separably (W, then H, then D); with a dilation it scans
 //! each window directly.
 
-use std::sync::OnceLock;
-
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor, WithDType};
 use rayon::prelude::*;
 
@@ -346,6 +344,64 @@ fn max_forward<T: Real>(x: &[T], g: &Geometry) -> (Vec<T>, Vec<u32>) {
     (out, arg)
 }
 
+/// The maxima of [`max_forward`] without their indices (the same separable passes): what the
+/// forward pass returns; the backward pass recomputes the indices from the input.
+fn max_forward_values<T: Real>(x: &[T], g: &Geometry) -> Vec<T> {
+    let (il, ol) = (g.in_len(), g.out_len());
+    let [rd, rh, rw] = g.ranges();
+    let [id, ih, iw] = g.input;
+    let [_, oh, ow] = g.output;
+    let mut out = vec![T::from_f64(0.0); g.volumes() * ol];
+    out.par_chunks_mut(ol).enumerate().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(av, bv), (v, out)| {
+            let x = &x[v * il..(v + 1) * il];
+            // Along W: (D, H, OW).
+            av.clear();
+            av.resize(id * ih * ow, T::NEG_INFINITY);
+            for (row, mv) in x.chunks_exact(iw).zip(av.chunks_exact_mut(ow)) {
+                for (m, &(w0, w1)) in mv.iter_mut().zip(&rw) {
+                    let mut best = row[w0];
+                    for &val in &row[w0 + 1..w1] {
+                        best = T::pick((val > best) | val.is_nan(), val, best);
+                    }
+                    *m = best;
+                }
+            }
+            // Along H: (D, OH, OW).
+            bv.clear();
+            bv.resize(id * oh * ow, T::NEG_INFINITY);
+            for d in 0..id {
+                for (o, &(h0, h1)) in rh.iter().enumerate() {
+                    let dst = &mut bv[(d * oh + o) * ow..(d * oh + o + 1) * ow];
+                    fold_max(dst, &av[(d * ih + h0) * ow..(d * ih + h1) * ow]);
+                }
+            }
+            // Along D: (OD, OH, OW).
+            let plane = oh * ow;
+            for (o, &(d0, d1)) in rd.iter().enumerate() {
+                fold_max(
+                    &mut out[o * plane..(o + 1) * plane],
+                    &bv[d0 * plane..d1 * plane],
+                );
+            }
+        },
+    );
+    out
+}
+
+/// [`select_max`] without the indices: the maximum of the rows of `vals`, NaN winning.
+#[inline]
+fn fold_max<T: Real>(m: &mut [T], vals: &[T]) {
+    let n = m.len();
+    m.copy_from_slice(&vals[..n]);
+    for vals in vals[n..].chunks_exact(n) {
+        for (m, &v) in m.iter_mut().zip(vals) {
+            *m = T::pick((v > *m) | v.is_nan(), v, *m);
+        }
+    }
+}
+
 /// Folds the rows of `vals` (and their indices), in order, into `(m, mi)` with PyTorch's rule:
 /// the first row initialises, a later value replaces only if strictly greater or NaN.
 #[inline]
@@ -426,10 +482,11 @@ fn max_backward<T: Real>(dy: &[T], arg: &[u32], g: &Geometry) -> Vec<T> {
     dx
 }
 
-/// Max pooling as a custom op; the forward pass records the argmax for the backward pass.
+/// Max pooling as a custom op. The forward pass computes the maxima only (inference pays no
+/// index bookkeeping); the backward pass recomputes the argmax from the input, then
+/// scatter-adds.
 struct MaxPool3dOp {
     geo: Geometry,
-    argmax: OnceLock<Vec<u32>>,
 }
 
 impl CustomOp1 for MaxPool3dOp {
@@ -440,27 +497,33 @@ impl CustomOp1 for MaxPool3dOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         dispatch!(s, self.name(), |T| {
             let x = cpu_slice::<T>(s, l, self.name())?;
-            let (out, arg) = if self.geo.params.dilation == [1; 3] {
-                max_forward(x, &self.geo)
+            let out = if self.geo.params.dilation == [1; 3] {
+                max_forward_values(x, &self.geo)
             } else {
-                max_forward_direct(x, &self.geo)
+                max_forward_direct(x, &self.geo).0
             };
-            // A second forward of the same op would record identical indices.
-            let _ = self.argmax.set(arg);
             Ok((T::to_cpu_storage_owned(out), self.geo.out_shape()))
         })
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        let Some(arg) = self.argmax.get() else {
-            candle_core::bail!("max_pool3d: backward before forward");
-        };
+        fn grad<T: Real>(geo: &Geometry, x: &[T], dy: &[T]) -> Vec<T> {
+            let (_, arg) = if geo.params.dilation == [1; 3] {
+                max_forward(x, geo)
+            } else {
+                max_forward_direct(x, geo)
+            };
+            max_backward(dy, &arg, geo)
+        }
+        let (shape, device) = (x.shape(), x.device());
         let dx = match x.dtype() {
-            candle_core::DType::F32 => with_cpu_slices::<f32, _, 1>([dy], self.name(), |[dy]| {
-                Tensor::from_vec(max_backward(dy, arg, &self.geo), x.shape(), x.device())
-            })?,
-            _ => with_cpu_slices::<f64, _, 1>([dy], self.name(), |[dy]| {
-                Tensor::from_vec(max_backward(dy, arg, &self.geo), x.shape(), x.device())
+            candle_core::DType::F32 => {
+                with_cpu_slices::<f32, _, 2>([x, dy], self.name(), |[xs, dys]| {
+                    Tensor::from_vec(grad(&self.geo, xs, dys), shape, device)
+                })?
+            }
+            _ => with_cpu_slices::<f64, _, 2>([x, dy], self.name(), |[xs, dys]| {
+                Tensor::from_vec(grad(&self.geo, xs, dys), shape, device)
             })?,
         };
         Ok(Some(dx))
@@ -492,10 +555,7 @@ pub fn max_pool3d(
 /// window whose taps all fall in the padding outputs −∞ and passes no gradient.
 pub fn max_pool3d_with(x: &Tensor, params: &Pool3dParams) -> Result<Tensor> {
     let geo = Geometry::new("max_pool3d", x, *params)?;
-    let op = MaxPool3dOp {
-        geo,
-        argmax: OnceLock::new(),
-    };
+    let op = MaxPool3dOp { geo };
     Ok(x.contiguous()?.apply_op1(op)?)
 }
 
@@ -678,10 +738,7 @@ pub fn adaptive_max_pool3d_1(x: &Tensor) -> Result<Tensor> {
     non_empty("adaptive_max_pool3d", x, d * h * w)?;
     let params = Pool3dParams::new([d, h, w], [d, h, w], [0; 3]);
     let geo = Geometry::new("adaptive_max_pool3d", x, params)?;
-    let op = MaxPool3dOp {
-        geo,
-        argmax: OnceLock::new(),
-    };
+    let op = MaxPool3dOp { geo };
     Ok(x.contiguous()?.apply_op1(op)?)
 }
 
