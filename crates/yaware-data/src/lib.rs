@@ -40,7 +40,7 @@ mod tabular;
 mod two_view;
 
 pub use batch::{BatchItem, BatchProblem, parse_two_views_batch};
-pub use error::{Error, Result};
+pub use error::{Error, Result, TableSyntax};
 pub use loader::{Dataset, Epoch, InMemoryDataset, LoaderConfig, Sample, TwoViewLoader};
 pub use nii::{NiftiDataset, NiftiOptions};
 pub use npy::{NpyDataset, NpyVolumes, SkipReport, Table, write_npy};
