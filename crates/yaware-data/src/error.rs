@@ -59,6 +59,23 @@ pub enum Error {
         /// What is wrong (unreadable, truncated, wrong dimensionality, missing column, …).
         problem: String,
     },
+    /// A NIfTI volume whose voxel-to-world affine differs from the dataset's (the first file
+    /// kept), by more than `AFFINE_TOLERANCE` in some element: the volumes are not on one grid.
+    #[error(
+        "{}: voxel-to-world affine {affine:?} differs from {expected:?} of {} (by more than 1e-4 in some element; the volumes must share one grid)",
+        path.display(),
+        reference.display()
+    )]
+    AffineMismatch {
+        /// The file whose affine differs.
+        path: std::path::PathBuf,
+        /// The file whose affine the dataset keeps.
+        reference: std::path::PathBuf,
+        /// The file's affine (row-major, voxel to world).
+        affine: Box<[[f64; 4]; 4]>,
+        /// The dataset's affine.
+        expected: Box<[[f64; 4]; 4]>,
+    },
     /// A delimited table (`participants.tsv`, CSV) that cannot be parsed.
     #[error("{}: line {line}: {kind}", path.display())]
     TableSyntax {
