@@ -403,12 +403,8 @@ impl Transform for CropOrPad {
             PadMode::Constant(v) => v,
             _ => 0.0,
         };
-        Ok(gather(
-            &volume,
-            self.target_shape,
-            &self.axis_maps(input),
-            fill,
-        ))
+        let maps = self.axis_maps(input);
+        Ok(gather(volume, self.target_shape, &maps, fill))
     }
 }
 

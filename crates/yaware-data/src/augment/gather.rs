@@ -5,6 +5,7 @@
 //! crop-or-pad are such maps, so each allocates its output once and writes every voxel once,
 //! with no intermediate volume.
 
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
@@ -89,6 +90,27 @@ fn fill_with(dst: &mut [MaybeUninit<f32>], value: f32) {
 /// rows, so that each input cache line read serves this many outputs.
 const TILE: usize = 16;
 
+/// Writes one output row from the input row `line` (which starts at input W index 0).
+fn copy_runs(row: &mut [MaybeUninit<f32>], line: &[f32], runs: &[Run], fill: f32) {
+    let mut x = 0;
+    for run in runs {
+        match *run {
+            Run::Fill(len) => {
+                fill_with(&mut row[x..x + len], fill);
+                x += len;
+            }
+            Run::Copy { src, len } => {
+                put(&mut row[x..x + len], &line[src..src + len]);
+                x += len;
+            }
+            Run::Reverse { src, len } => {
+                put_reversed(&mut row[x..x + len], &line[src + 1 - len..=src]);
+                x += len;
+            }
+        }
+    }
+}
+
 /// One output plane `(H, W)` whose W reads the input's W: row by row, runs copied.
 fn plane_by_rows(
     src: &[f32],
@@ -103,27 +125,9 @@ fn plane_by_rows(
         return fill_with(plane, fill);
     };
     for (row, y) in plane.chunks_exact_mut(width).zip(rows) {
-        let Some(y) = y else {
-            fill_with(row, fill);
-            continue;
-        };
-        let line = &src[z + y..];
-        let mut x = 0;
-        for run in runs {
-            match *run {
-                Run::Fill(len) => {
-                    fill_with(&mut row[x..x + len], fill);
-                    x += len;
-                }
-                Run::Copy { src, len } => {
-                    put(&mut row[x..x + len], &line[src..src + len]);
-                    x += len;
-                }
-                Run::Reverse { src, len } => {
-                    put_reversed(&mut row[x..x + len], &line[src + 1 - len..=src]);
-                    x += len;
-                }
-            }
+        match y {
+            None => fill_with(row, fill),
+            Some(y) => copy_runs(row, &src[z + y..], runs, fill),
         }
     }
 }
@@ -185,11 +189,42 @@ fn planes_interleaved(
     }
 }
 
+thread_local! {
+    /// The buffer of the last volume a gather consumed on this thread, reused for the next
+    /// output of about its size. Fresh multi-megabyte buffers come from the system (glibc
+    /// returns its heap top once two volumes' worth is free) and page-fault on first touch,
+    /// which costs several times the copy itself; recycling keeps a chain of transforms (and a
+    /// loader thread's successive samples) on warm memory. At most one buffer per thread.
+    static SPARE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer with room for `len` values: the thread's spare if it fits without wasting
+/// more than its size again, else a fresh one.
+fn take_buffer(len: usize) -> Vec<f32> {
+    SPARE.with_borrow_mut(|spare| {
+        if (len..=2 * len).contains(&spare.capacity()) {
+            let mut buf = std::mem::take(spare);
+            buf.clear();
+            buf
+        } else {
+            Vec::with_capacity(len)
+        }
+    })
+}
+
+/// Keeps `buf` as the thread's spare (dropping the previous one).
+fn recycle(buf: Vec<f32>) {
+    if buf.capacity() > 0 {
+        SPARE.set(buf);
+    }
+}
+
 /// The `(C, out)` volume whose voxel `(c, o0, o1, o2)` is `v`'s voxel of channel `c` at
 /// `maps[i].index[o_i]` along input axis `maps[i].source_axis` for each `i`, or `fill` where any
 /// index is `None`. The source axes must be a permutation of `{0, 1, 2}` and every index in
-/// range. Planes (or groups of planes) in parallel; the output is written once.
-pub(super) fn gather(v: &Volume, out: [usize; 3], maps: &[AxisMap; 3], fill: f32) -> Volume {
+/// range. Planes (or groups of planes) in parallel; the output is written once, into the
+/// thread's recycled buffer when it fits, and `v`'s buffer is kept for the next call.
+pub(super) fn gather(v: Volume, out: [usize; 3], maps: &[AxisMap; 3], fill: f32) -> Volume {
     let [c, d, h, w] = v.shape();
     let in_dims = [d, h, w];
     let in_strides = [h * w, w, 1];
@@ -221,7 +256,7 @@ pub(super) fn gather(v: &Volume, out: [usize; 3], maps: &[AxisMap; 3], fill: f32
     let [od, oh, ow] = out;
     let (plane, n_in) = (oh * ow, d * h * w);
     let n = od * plane;
-    let mut data: Vec<f32> = Vec::with_capacity(c * n);
+    let mut data = take_buffer(c * n);
     let rows_runs = (maps[2].source_axis == 2).then(|| runs(&maps[2].index));
     if n > 0 {
         let dst_all = &mut data.spare_capacity_mut()[..c * n];
@@ -247,6 +282,7 @@ pub(super) fn gather(v: &Volume, out: [usize; 3], maps: &[AxisMap; 3], fill: f32
     // it was given, which tile `[0, c·n)` (the plane counts match `zs`, the row and column
     // counts `ys` and `xs`, by the assertions above). A panic there drops `data` unset.
     unsafe { data.set_len(c * n) };
+    recycle(v.data);
     Volume::new([c, od, oh, ow], data).expect("the output has c·out voxels")
 }
 
@@ -348,9 +384,43 @@ mod tests {
                         .collect(),
                 }
             });
-            let got = gather(&v, out, &maps, -5.0);
+            let got = gather(v.clone(), out, &maps, -5.0);
             assert_eq!(got.shape(), [2, out[0], out[1], out[2]]);
             assert_eq!(got.data(), naive(&v, out, &maps, -5.0), "{perm:?}");
         }
+    }
+
+    #[test]
+    fn the_consumed_input_buffer_is_reused_and_fully_overwritten() {
+        let shape = [1, 4, 5, 6];
+        let first = Volume::new(shape, vec![7.0; 120]).unwrap();
+        let first_buffer = first.data().as_ptr();
+        let identity = [0, 1, 2].map(|i| AxisMap {
+            source_axis: i,
+            index: (0..shape[i + 1]).map(Some).collect(),
+        });
+        let out = gather(first, [4, 5, 6], &identity, 0.0);
+        assert_eq!(out.data(), [7.0; 120]);
+        // The next gather on this thread writes into `first`'s buffer: every voxel replaced.
+        let second = Volume::new(shape, (0..120).map(|i| i as f32).collect()).unwrap();
+        let mut maps = identity.clone();
+        maps[2].index = vec![None, Some(5), Some(4), Some(0), Some(1), None];
+        maps[0].index = vec![Some(3), None, Some(0), Some(1)];
+        let expected = naive(&second, [4, 5, 6], &maps, -1.0);
+        let got = gather(second, [4, 5, 6], &maps, -1.0);
+        assert_eq!(got.data().as_ptr(), first_buffer, "the recycled buffer");
+        assert_eq!(got.data(), expected);
+        // A buffer more than twice the output's size is not used.
+        let small = gather(
+            got,
+            [1, 1, 1],
+            &[0, 1, 2].map(|i| AxisMap {
+                source_axis: i,
+                index: vec![Some(0)],
+            }),
+            0.0,
+        );
+        assert_ne!(small.data().as_ptr(), first_buffer);
+        assert_eq!(small.data(), [expected[0]]);
     }
 }

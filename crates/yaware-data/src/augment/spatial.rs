@@ -233,11 +233,7 @@ impl SignedPermutation {
 
 /// The quarter turns `(k, a, b)` applied in order, then a centred crop-or-pad (zero padding) to
 /// `target`, as one gather: each output voxel read once from the input, no intermediate volume.
-fn rotate_then_crop_or_pad(
-    v: &Volume,
-    turns: &[(u32, usize, usize)],
-    target: [usize; 3],
-) -> Volume {
+fn rotate_then_crop_or_pad(v: Volume, turns: &[(u32, usize, usize)], target: [usize; 3]) -> Volume {
     let input = v.spatial();
     let (map, shape) = turns.iter().fold(
         (SignedPermutation::shift([0; 3]), input),
@@ -256,7 +252,8 @@ fn rotate_then_crop_or_pad(
         }
     });
     let map = map.then(SignedPermutation::shift(centre));
-    gather(v, target, &map.axis_maps(input, target), 0.0)
+    let maps = map.axis_maps(input, target);
+    gather(v, target, &maps, 0.0)
 }
 
 impl Transform for RandomRotation {
@@ -283,7 +280,7 @@ impl Transform for RandomRotation {
             return Ok(volume);
         }
         // The rotations, then a crop-or-pad back to the input shape when they changed it.
-        Ok(rotate_then_crop_or_pad(&volume, &turns, input))
+        Ok(rotate_then_crop_or_pad(volume, &turns, input))
     }
 }
 
@@ -438,7 +435,7 @@ mod tests {
                     for &(a, b) in &pairs {
                         let turns = [(k, a, b)];
                         assert_eq!(
-                            rotate_then_crop_or_pad(&v, &turns, target),
+                            rotate_then_crop_or_pad(v.clone(), &turns, target),
                             compose_then_crop(&v, &turns, target),
                             "{shape:?} k = {k} axes ({a}, {b}) to {target:?}"
                         );
@@ -446,7 +443,7 @@ mod tests {
                         for &(c, d) in &pairs {
                             let turns = [(k, a, b), (3 - k % 3, c, d)];
                             assert_eq!(
-                                rotate_then_crop_or_pad(&v, &turns, target),
+                                rotate_then_crop_or_pad(v.clone(), &turns, target),
                                 compose_then_crop(&v, &turns, target),
                                 "{shape:?} {turns:?} to {target:?}"
                             );
