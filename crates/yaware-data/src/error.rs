@@ -59,10 +59,64 @@ pub enum Error {
         /// What is wrong (unreadable, truncated, wrong dimensionality, missing column, …).
         problem: String,
     },
+    /// A NIfTI volume whose voxel-to-world affine differs from the dataset's (the first file
+    /// kept), by more than `AFFINE_TOLERANCE` in some element: the volumes are not on one grid.
+    #[error(
+        "{}: voxel-to-world affine {affine:?} differs from {expected:?} of {} (by more than 1e-4 in some element; the volumes must share one grid)",
+        path.display(),
+        reference.display()
+    )]
+    AffineMismatch {
+        /// The file whose affine differs.
+        path: std::path::PathBuf,
+        /// The file whose affine the dataset keeps.
+        reference: std::path::PathBuf,
+        /// The file's affine (row-major, voxel to world).
+        affine: Box<[[f64; 4]; 4]>,
+        /// The dataset's affine.
+        expected: Box<[[f64; 4]; 4]>,
+    },
+    /// A delimited table (`participants.tsv`, CSV) that cannot be parsed.
+    #[error("{}: line {line}: {kind}", path.display())]
+    TableSyntax {
+        /// The table.
+        path: std::path::PathBuf,
+        /// The line (1-based) where the problem is: for an unterminated quote, where it opened.
+        line: usize,
+        /// What is wrong.
+        kind: TableSyntax,
+    },
     /// A dataset that cannot give its samples (bad targets, index out of range, …).
     #[error("dataset: {0}")]
     Dataset(String),
     /// An error raised by candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+}
+
+/// A syntax error in a delimited table (see [`Error::TableSyntax`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableSyntax {
+    /// A quoted field whose closing `"` never comes.
+    UnterminatedQuote,
+    /// Something other than blanks, the separator or the end of the line after the closing
+    /// `"` of a quoted field (a `"` inside a quoted field is written `""`).
+    TextAfterQuote(char),
+}
+
+impl std::fmt::Display for TableSyntax {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TableSyntax::UnterminatedQuote => {
+                write!(
+                    f,
+                    "a quoted field opened on this line is never closed (missing `\"`)"
+                )
+            }
+            TableSyntax::TextAfterQuote(c) => write!(
+                f,
+                "`{c}` after the closing quote of a quoted field (write a quote inside one as `\"\"`)"
+            ),
+        }
+    }
 }

@@ -40,9 +40,9 @@ mod tabular;
 mod two_view;
 
 pub use batch::{BatchItem, BatchProblem, parse_two_views_batch};
-pub use error::{Error, Result};
+pub use error::{Error, Result, TableSyntax};
 pub use loader::{Dataset, Epoch, InMemoryDataset, LoaderConfig, Sample, TwoViewLoader};
-pub use nii::{NiftiDataset, NiftiOptions};
+pub use nii::{AFFINE_TOLERANCE, Affine, NiftiDataset, NiftiOptions};
 pub use npy::{NpyDataset, NpyVolumes, SkipReport, Table, write_npy};
 pub use tabular::{
     FeatureColumns, TabularDataset, TabularLoader, TabularOptions, VectorCompose, VectorTransform,

@@ -118,9 +118,110 @@ fn supported(datatype: NiftiType) -> bool {
     )
 }
 
+/// A voxel-to-world affine, row-major: `world = A · (i, j, k, 1)ᵀ`, `(i, j, k)` the file's
+/// voxel indices (the volume's D, H, W), world coordinates in the file's units (mm).
+pub type Affine = [[f64; 4]; 4];
+
+/// Largest absolute difference between two affines' elements accepted as "the same grid".
+pub const AFFINE_TOLERANCE: f64 = 1e-4;
+
+/// The affine of `header` as the `nifti` crate's `NiftiHeader::affine` computes it (nibabel's
+/// rule): the `sform` rows if `sform_code > 0`, else the `qform` (quaternion `b, c, d` with
+/// `a = √(1 − b² − c² − d²)`, voxel sizes `pixdim[1..=3]`, the last one times
+/// `qfac = pixdim[0]`, offsets `qoffset_x, y, z`) if `qform_code > 0`, else the shape-and-zooms
+/// affine `diag(−pixdim₁, pixdim₂, pixdim₃)` centred on the volume. Where the crate panics (a
+/// negative voxel size or a `qfac` other than ±1 in a qform; `qfac = 0` is read as 1, as the
+/// NIfTI standard says; a quaternion `b² + c² + d² > 1`), this is the file's problem.
+fn header_affine(h: &NiftiHeader) -> std::result::Result<Affine, String> {
+    let row = |r: [f32; 4]| r.map(f64::from);
+    if h.sform_code != 0 {
+        return Ok([
+            row(h.srow_x),
+            row(h.srow_y),
+            row(h.srow_z),
+            [0.0, 0.0, 0.0, 1.0],
+        ]);
+    }
+    let px = [1, 2, 3].map(|i| f64::from(h.pixdim[i]));
+    if h.qform_code == 0 {
+        let n = [1, 2, 3].map(|i| f64::from(h.dim[i]));
+        let spacing = [-px[0], px[1], px[2]];
+        let mut a = [[0.0; 4]; 4];
+        for i in 0..3 {
+            a[i][i] = spacing[i];
+            a[i][3] = -(n[i] - 1.0) / 2.0 * spacing[i];
+        }
+        a[3][3] = 1.0;
+        return Ok(a);
+    }
+    if px.iter().any(|&p| p < 0.0) {
+        return Err(format!(
+            "invalid qform: negative voxel size (pixdim[1..=3] = {px:?})"
+        ));
+    }
+    let qfac = match f64::from(h.pixdim[0]) {
+        0.0 => 1.0,
+        q if (q.abs() - 1.0).abs() < 1e-11 => q,
+        q => {
+            return Err(format!(
+                "invalid qform: qfac (pixdim[0]) = {q}, expected 1 or -1"
+            ));
+        }
+    };
+    let (b, c, d) = (
+        f64::from(h.quatern_b),
+        f64::from(h.quatern_c),
+        f64::from(h.quatern_d),
+    );
+    let w2 = 1.0 - (b * b + c * c + d * d);
+    if w2 < -3.0 * f64::from(f32::EPSILON) {
+        return Err(format!(
+            "invalid qform: quaternion (b, c, d) = ({b}, {c}, {d}) has b² + c² + d² > 1"
+        ));
+    }
+    let a = w2.max(0.0).sqrt();
+    // The rotation of the quaternion (a, b, c, d), normalised.
+    let nq = a * a + b * b + c * c + d * d;
+    let r = if nq < f64::EPSILON {
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    } else {
+        let s = 2.0 / nq;
+        let (x, y, z) = (b * s, c * s, d * s);
+        let (wx, wy, wz) = (a * x, a * y, a * z);
+        let (xx, xy, xz) = (b * x, b * y, b * z);
+        let (yy, yz, zz) = (c * y, c * z, d * z);
+        [
+            [1.0 - (yy + zz), xy - wz, xz + wy],
+            [xy + wz, 1.0 - (xx + zz), yz - wx],
+            [xz - wy, yz + wx, 1.0 - (xx + yy)],
+        ]
+    };
+    let scale = [px[0], px[1], px[2] * qfac];
+    let offset = [h.quatern_x, h.quatern_y, h.quatern_z].map(f64::from);
+    let mut m = [[0.0; 4]; 4];
+    for i in 0..3 {
+        for j in 0..3 {
+            m[i][j] = r[i][j] * scale[j];
+        }
+        m[i][3] = offset[i];
+    }
+    m[3][3] = 1.0;
+    Ok(m)
+}
+
+/// The largest absolute difference between the elements of two affines.
+fn affine_distance(a: &Affine, b: &Affine) -> f64 {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
+}
+
 /// Reads and checks the header of `path`: a supported data type, 3 or 4 dimensions, and for an
-/// uncompressed file a length that holds the data. Returns the volume shape `(C, X, Y, Z)`.
-fn read_header(path: &Path) -> std::result::Result<[usize; 4], String> {
+/// uncompressed file a length that holds the data. Returns the volume shape `(C, X, Y, Z)` and
+/// the affine.
+fn read_header(path: &Path) -> std::result::Result<([usize; 4], Affine), String> {
     let header = NiftiHeader::from_file(path).map_err(|e| format!("unreadable header: {e}"))?;
     let dim = header
         .dim()
@@ -156,7 +257,7 @@ fn read_header(path: &Path) -> std::result::Result<[usize; 4], String> {
             ));
         }
     }
-    Ok(shape)
+    Ok((shape, header_affine(&header)?))
 }
 
 /// Reads the voxels of `path` as a `(C, X, Y, Z)` volume, checking they have `shape`.
@@ -210,9 +311,12 @@ fn read_volume(path: &Path, shape: [usize; 4]) -> std::result::Result<Volume, St
 /// axis as the channels, `T` of them. The [`Volume`] is `(C, D, H, W) = (T, X, Y, Z)`: the
 /// spatial axes keep the file's logical order (nibabel's `get_fdata()` order, the one OpenBHB's
 /// `.npy` arrays use). `scl_slope` / `scl_inter` are applied (a slope of 0 means no scaling).
-/// The voxels are taken as stored: the affines (`qform` / `sform`) are neither checked nor
-/// applied, so the files are assumed to share an orientation and a grid (as registered or
-/// VBM images do).
+/// The voxels are taken as stored, never resampled: every file must have the same
+/// voxel-to-world affine (the `sform`, else the `qform`, else the shape-and-zooms one, as the
+/// `nifti` crate's `NiftiHeader::affine` gives it; within [`AFFINE_TOLERANCE`] per element), so
+/// the volumes share one orientation and one grid (as registered or VBM images do). The common
+/// affine is [`NiftiDataset::affine`]; a file whose affine differs from the first kept file's is
+/// [`Error::AffineMismatch`] (or skipped and reported with [`NiftiOptions::skip_bad`]).
 ///
 /// **Matching files to the table.** The files are found recursively under the folder (hidden
 /// entries skipped) and sorted by path. With a table, each file name must contain the BIDS
@@ -226,6 +330,7 @@ pub struct NiftiDataset {
     subjects: Vec<Option<String>>,
     targets: Option<Vec<Vec<f64>>>,
     shape: [usize; 4],
+    affine: Affine,
 }
 
 impl NiftiDataset {
@@ -236,7 +341,9 @@ impl NiftiDataset {
     /// Errors ([`Error::File`], naming the file or table): a folder without NIfTI file, an
     /// unreadable or truncated file, a wrong dimensionality or data type, a volume whose shape
     /// differs from the first good file's, a file without `sub-<label>` or whose subject has no
-    /// row, a missing target or id column, duplicate ids, a non-numeric or non-finite target.
+    /// row, a missing target or id column, duplicate ids, a non-numeric or non-finite target, an
+    /// invalid `qform`; and [`Error::AffineMismatch`] for a file whose affine differs from the
+    /// first good file's.
     pub fn open(dir: impl AsRef<Path>, options: &NiftiOptions) -> Result<(Self, SkipReport)> {
         let dir = dir.as_ref();
         let found = list_files(dir)?;
@@ -290,8 +397,9 @@ impl NiftiDataset {
 
         let (mut files, mut subjects, mut targets) = (Vec::new(), Vec::new(), Vec::new());
         let mut shape: Option<[usize; 4]> = None;
+        let mut affine: Option<Affine> = None;
         for (i, path) in found.iter().enumerate() {
-            let s = match read_header(path) {
+            let (s, a) = match read_header(path) {
                 Ok(s) => s,
                 Err(p) => {
                     bad(i, path, p)?;
@@ -310,6 +418,28 @@ impl NiftiDataset {
                             .first()
                             .map_or(dir, |p: &PathBuf| p.as_path())
                             .display()
+                    ),
+                )?;
+                continue;
+            }
+            if let Some(expected) = affine
+                && affine_distance(&a, &expected) > AFFINE_TOLERANCE
+            {
+                let reference = files[0].clone();
+                if !skip {
+                    return Err(Error::AffineMismatch {
+                        path: path.clone(),
+                        reference,
+                        affine: Box::new(a),
+                        expected: Box::new(expected),
+                    });
+                }
+                bad(
+                    i,
+                    path,
+                    format!(
+                        "voxel-to-world affine {a:?} differs from {expected:?} of {} (by more than {AFFINE_TOLERANCE})",
+                        reference.display()
                     ),
                 )?;
                 continue;
@@ -356,6 +486,7 @@ impl NiftiDataset {
                 continue;
             }
             shape.get_or_insert(s);
+            affine.get_or_insert(a);
             files.push(path.clone());
             subjects.push(subject);
             targets.push(target);
@@ -374,6 +505,7 @@ impl NiftiDataset {
                 subjects,
                 targets,
                 shape,
+                affine: affine.expect("set with the shape"),
             },
             report,
         ))
@@ -392,6 +524,12 @@ impl NiftiDataset {
     /// `(C, D, H, W)` of every volume.
     pub fn shape(&self) -> [usize; 4] {
         self.shape
+    }
+
+    /// The voxel-to-world affine every volume shares (that of the first file kept; the others
+    /// agree within [`AFFINE_TOLERANCE`]).
+    pub fn affine(&self) -> Affine {
+        self.affine
     }
 }
 

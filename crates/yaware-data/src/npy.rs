@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::augment::Volume;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, TableSyntax};
 use crate::loader::{Dataset, Sample};
 
 fn file_error(path: &Path, problem: impl Into<String>) -> Error {
@@ -228,7 +228,95 @@ pub fn write_npy(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> Resul
         .map_err(|e| file_error(path, format!("cannot write: {e}")))
 }
 
-/// A delimited table (`.tsv` tab-separated, anything else comma-separated) with a header row.
+/// A record of a delimited text: the line it starts on (1-based) and its fields.
+pub(crate) type Record = (usize, Vec<String>);
+
+/// The fields of each record of a delimited text, with the line each record starts on
+/// (1-based), RFC 4180 style: records end at a newline (`\n` or `\r\n`); a field that starts
+/// with `"` (after blanks) is quoted: it holds the separator, newlines and `""` (one `"`)
+/// literally, up to the closing `"`, after which only blanks may come before the separator or
+/// the end of the record. Unquoted fields are trimmed; a `"` inside one is kept as is. Blank
+/// lines (outside quotes) are skipped.
+pub(crate) fn parse_delimited(
+    text: &str,
+    sep: char,
+) -> std::result::Result<Vec<Record>, (usize, TableSyntax)> {
+    let blank = |c: char| c != sep && c != '\n' && c.is_whitespace();
+    let mut records = Vec::new();
+    let mut chars = text.chars().peekable();
+    let mut line = 1;
+    loop {
+        // One record.
+        let start_line = line;
+        let mut fields = Vec::new();
+        let mut any_quoted = false;
+        let end_of_text = loop {
+            // One field: leading blanks, then a quoted or an unquoted field.
+            let mut lead = String::new();
+            while let Some(&c) = chars.peek().filter(|&&c| blank(c)) {
+                lead.push(c);
+                chars.next();
+            }
+            let field = if chars.peek() == Some(&'"') {
+                chars.next();
+                any_quoted = true;
+                let open_line = line;
+                let mut f = String::new();
+                loop {
+                    match chars.next() {
+                        None => return Err((open_line, TableSyntax::UnterminatedQuote)),
+                        Some('"') if chars.peek() == Some(&'"') => {
+                            chars.next();
+                            f.push('"');
+                        }
+                        Some('"') => break,
+                        Some(c) => {
+                            if c == '\n' {
+                                line += 1;
+                            }
+                            f.push(c);
+                        }
+                    }
+                }
+                while chars.peek().is_some_and(|&c| blank(c)) {
+                    chars.next();
+                }
+                match chars.peek() {
+                    None | Some('\n') => {}
+                    Some(&c) if c == sep => {}
+                    Some(&c) => return Err((line, TableSyntax::TextAfterQuote(c))),
+                }
+                f
+            } else {
+                let mut f = lead;
+                while let Some(&c) = chars.peek().filter(|&&c| c != sep && c != '\n') {
+                    f.push(c);
+                    chars.next();
+                }
+                f.trim().to_string()
+            };
+            fields.push(field);
+            match chars.next() {
+                Some('\n') => {
+                    line += 1;
+                    break false;
+                }
+                None => break true,
+                Some(_) => {} // the separator: the next field
+            }
+        };
+        let is_blank = !any_quoted && fields.len() == 1 && fields[0].is_empty();
+        if !is_blank {
+            records.push((start_line, fields));
+        }
+        if end_of_text {
+            return Ok(records);
+        }
+    }
+}
+
+/// A delimited table (`.tsv` tab-separated, anything else comma-separated) with a header row;
+/// fields may be quoted, RFC 4180 style (see [`Table::read`]).
 #[derive(Debug, Clone)]
 pub struct Table {
     path: PathBuf,
@@ -237,7 +325,11 @@ pub struct Table {
 }
 
 impl Table {
-    /// Reads the table; every row must have as many fields as the header.
+    /// Reads the table; every row must have as many fields as the header. Fields may be
+    /// double-quoted, RFC 4180 style: a quoted field holds separators, newlines and `""` (a
+    /// literal `"`) and is kept as written (not trimmed); unquoted fields are trimmed; blank
+    /// lines are skipped. A quote never closed is [`Error::TableSyntax`] with
+    /// [`TableSyntax::UnterminatedQuote`], naming the file and the line where it opened.
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path)
@@ -247,21 +339,22 @@ impl Table {
         } else {
             ','
         };
-        let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-        let columns: Vec<String> = lines
+        let records = parse_delimited(&text, sep).map_err(|(line, kind)| Error::TableSyntax {
+            path: path.to_path_buf(),
+            line,
+            kind,
+        })?;
+        let mut records = records.into_iter();
+        let (_, columns) = records
             .next()
-            .ok_or_else(|| file_error(path, "empty table"))?
-            .split(sep)
-            .map(|s| s.trim().to_string())
-            .collect();
+            .ok_or_else(|| file_error(path, "empty table"))?;
         let mut rows = Vec::new();
-        for (i, line) in lines.enumerate() {
-            let row: Vec<String> = line.split(sep).map(|s| s.trim().to_string()).collect();
+        for (i, (line, row)) in records.enumerate() {
             if row.len() != columns.len() {
                 return Err(file_error(
                     path,
                     format!(
-                        "row {} has {} fields, the header has {}",
+                        "row {} (line {line}) has {} fields, the header has {}",
                         i + 1,
                         row.len(),
                         columns.len()
@@ -462,5 +555,63 @@ impl Dataset for NpyDataset {
             volume: self.volumes.read(i)?,
             target: self.targets.as_ref().map(|t| t[index].clone()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, sep: char) -> Vec<Vec<String>> {
+        parse_delimited(text, sep)
+            .unwrap()
+            .into_iter()
+            .map(|(_, f)| f)
+            .collect()
+    }
+
+    #[test]
+    fn quoted_fields_hold_separators_newlines_and_escaped_quotes() {
+        let text = "id,note,age\r\n\"sub-1\", \"a, b\" ,21\n2,\"say \"\"hi\"\"\nthen\r\nbye\",3\n\n4,\"\",5";
+        assert_eq!(
+            parse(text, ','),
+            [
+                vec!["id", "note", "age"],
+                vec!["sub-1", "a, b", "21"],
+                vec!["2", "say \"hi\"\nthen\r\nbye", "3"],
+                vec!["4", "", "5"],
+            ]
+        );
+        let lines: Vec<usize> = parse_delimited(text, ',')
+            .unwrap()
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        assert_eq!(lines, [1, 2, 3, 7], "the line each record starts on");
+        // Tab-separated: commas are plain text, tabs inside quotes are kept.
+        assert_eq!(
+            parse("a\tb\n\" x\ty \"\t1,5\n", '\t'),
+            [vec!["a", "b"], vec![" x\ty ", "1,5"]]
+        );
+        // Unquoted fields are trimmed, a quote inside one is kept, an empty last field counts.
+        assert_eq!(
+            parse(" a ,b\"c,\n", ','),
+            [vec!["a", "b\"c", ""]],
+            "unquoted"
+        );
+        // A quoted empty line is a record of one empty field, a blank line is none.
+        assert_eq!(parse("x\n   \n\"\"\n", ','), [vec!["x"], vec![""]]);
+    }
+
+    #[test]
+    fn quoting_errors_name_the_line() {
+        assert_eq!(
+            parse_delimited("a,b\n1,\"open\n\n2,3\n", ','),
+            Err((2, TableSyntax::UnterminatedQuote))
+        );
+        assert_eq!(
+            parse_delimited("a,b\n\"x\ny\"z,1\n", ','),
+            Err((3, TableSyntax::TextAfterQuote('z')))
+        );
     }
 }

@@ -5,10 +5,11 @@
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, Array3, Array4};
+use nifti::NiftiHeader;
 use nifti::writer::WriterOptions;
 use yaware_data::augment::Compose;
 use yaware_data::{
-    Dataset, Error, LoaderConfig, NiftiDataset, NiftiOptions, SkipReport, TwoViewLoader,
+    Affine, Dataset, Error, LoaderConfig, NiftiDataset, NiftiOptions, SkipReport, TwoViewLoader,
 };
 
 fn dir(name: &str) -> PathBuf {
@@ -358,5 +359,166 @@ fn bad_files_can_be_skipped_and_are_all_reported() {
         p.contains("every NIfTI file was skipped") && p.contains("7 sample(s)"),
         "{p}"
     );
+    std::fs::remove_dir_all(d).ok();
+}
+
+/// A header whose affine is the `sform` with these rows (`sform_code` 1; the qform unused).
+fn sform_header(rows: [[f32; 4]; 3]) -> NiftiHeader {
+    NiftiHeader {
+        sform_code: 1,
+        qform_code: 0,
+        srow_x: rows[0],
+        srow_y: rows[1],
+        srow_z: rows[2],
+        ..NiftiHeader::default()
+    }
+}
+
+fn write_with(path: &Path, s: usize, shape: (usize, usize, usize), header: &NiftiHeader) {
+    let a = Array3::from_shape_fn(shape, |(i, j, k)| value(s, i, j, k));
+    WriterOptions::new(path)
+        .reference_header(header)
+        .write_nifti(&a)
+        .unwrap();
+}
+
+fn close(a: &Affine, b: &[[f64; 4]; 4], tol: f64) -> bool {
+    a.iter()
+        .flatten()
+        .zip(b.iter().flatten())
+        .all(|(x, y)| (x - y).abs() <= tol)
+}
+
+#[test]
+fn every_volume_must_share_the_affine() {
+    let d = dir("affine");
+    // OpenBHB-like 1.5 mm MNI grid (values exact in f32).
+    let mni = [
+        [-1.5, 0.0, 0.0, 90.0],
+        [0.0, 1.5, 0.0, -126.0],
+        [0.0, 0.0, 1.5, -72.0],
+    ];
+    let shape = (3, 4, 5);
+    write_with(&d.join("sub-01.nii"), 1, shape, &sform_header(mni));
+    // Within the tolerance: the same grid.
+    let mut near = mni;
+    near[0][3] += 5e-5;
+    write_with(&d.join("sub-02.nii.gz"), 2, shape, &sform_header(near));
+    let ds = open(&d, &NiftiOptions::default()).unwrap();
+    let expected = [
+        [-1.5, 0.0, 0.0, 90.0],
+        [0.0, 1.5, 0.0, -126.0],
+        [0.0, 0.0, 1.5, -72.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+    assert_eq!(ds.affine(), expected, "the first file's, exactly");
+    assert_eq!(ds.len(), 2);
+    // A shifted grid (2e-4 mm) and a flipped axis: the first differing file is named.
+    let mut shifted = mni;
+    shifted[2][3] += 2e-4;
+    write_with(&d.join("sub-03.nii"), 3, shape, &sform_header(shifted));
+    let mut flipped = mni;
+    flipped[0][0] = 1.5;
+    write_with(&d.join("sub-04.nii"), 4, shape, &sform_header(flipped));
+    match open(&d, &NiftiOptions::default()).unwrap_err() {
+        Error::AffineMismatch {
+            path,
+            reference,
+            affine,
+            expected: e,
+        } => {
+            assert_eq!(path, d.join("sub-03.nii"));
+            assert_eq!(reference, d.join("sub-01.nii"));
+            assert_eq!(*e, expected);
+            assert!((affine[2][3] - (-72.0 + 2e-4)).abs() < 1e-5, "{affine:?}");
+        }
+        other => panic!("expected an affine mismatch, got {other:?}"),
+    }
+    // Skipping: both reported, the others kept.
+    let skip = NiftiOptions {
+        skip_bad: true,
+        ..NiftiOptions::default()
+    };
+    let (ds, report) = NiftiDataset::open(&d, &skip).unwrap();
+    assert_eq!(ds.len(), 2);
+    assert_eq!(ds.affine(), expected);
+    let skipped: Vec<usize> = report.skipped.iter().map(|(i, _)| *i).collect();
+    assert_eq!(skipped, [2, 3], "{report}");
+    for ((_, why), file) in report.skipped.iter().zip(["sub-03.nii", "sub-04.nii"]) {
+        assert!(
+            why.contains(file) && why.contains("affine") && why.contains("sub-01.nii"),
+            "{why}"
+        );
+    }
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn qform_and_default_affines_follow_the_nifti_rules() {
+    let d = dir("qform");
+    let shape = (4, 5, 6);
+    // qform only: the quaternion (0, 0, 1) is a half turn about z; voxel sizes 2, 3, 4 with
+    // qfac −1: diag(−2, −3, −4), offsets (10, 20, 30).
+    let half_turn = NiftiHeader {
+        sform_code: 0,
+        qform_code: 1,
+        quatern_b: 0.0,
+        quatern_c: 0.0,
+        quatern_d: 1.0,
+        quatern_x: 10.0,
+        quatern_y: 20.0,
+        quatern_z: 30.0,
+        pixdim: [-1.0, 2.0, 3.0, 4.0, 1.0, 1.0, 1.0, 1.0],
+        ..NiftiHeader::default()
+    };
+    write_with(&d.join("sub-01.nii"), 1, shape, &half_turn);
+    let ds = open(&d, &NiftiOptions::default()).unwrap();
+    let expected = [
+        [-2.0, 0.0, 0.0, 10.0],
+        [0.0, -3.0, 0.0, 20.0],
+        [0.0, 0.0, -4.0, 30.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+    assert!(close(&ds.affine(), &expected, 1e-12), "{:?}", ds.affine());
+    // A quarter turn about z, (0, 0, sin 45°), unit voxels: x ← −j, y ← i.
+    let quarter = NiftiHeader {
+        quatern_d: std::f32::consts::FRAC_1_SQRT_2,
+        pixdim: [1.0; 8],
+        ..half_turn.clone()
+    };
+    write_with(&d.join("sub-01.nii"), 1, shape, &quarter);
+    let ds = open(&d, &NiftiOptions::default()).unwrap();
+    let expected = [
+        [0.0, -1.0, 0.0, 10.0],
+        [1.0, 0.0, 0.0, 20.0],
+        [0.0, 0.0, 1.0, 30.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+    assert!(close(&ds.affine(), &expected, 1e-6), "{:?}", ds.affine());
+    // Neither code: the shape-and-zooms affine, diag(−2, 2, 2) centred on the volume.
+    let none = NiftiHeader {
+        sform_code: 0,
+        qform_code: 0,
+        pixdim: [1.0, 2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0],
+        ..NiftiHeader::default()
+    };
+    write_with(&d.join("sub-01.nii"), 1, shape, &none);
+    let ds = open(&d, &NiftiOptions::default()).unwrap();
+    let expected = [
+        [-2.0, 0.0, 0.0, 3.0],
+        [0.0, 2.0, 0.0, -4.0],
+        [0.0, 0.0, 2.0, -5.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ];
+    assert_eq!(ds.affine(), expected);
+    // An invalid qform (qfac 0.5) is the file's problem, named.
+    let bad = NiftiHeader {
+        pixdim: [0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        ..half_turn
+    };
+    let path = d.join("sub-01.nii");
+    write_with(&path, 1, shape, &bad);
+    let p = file_problem(open(&d, &NiftiOptions::default()).unwrap_err(), &path);
+    assert!(p.contains("qfac") && p.contains("0.5"), "{p}");
     std::fs::remove_dir_all(d).ok();
 }

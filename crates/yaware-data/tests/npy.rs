@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use yaware_data::augment::Compose;
 use yaware_data::{
-    Dataset, Error, LoaderConfig, NpyDataset, NpyVolumes, Table, TwoViewLoader, write_npy,
+    Dataset, Error, LoaderConfig, NpyDataset, NpyVolumes, Table, TableSyntax, TwoViewLoader,
+    write_npy,
 };
 
 fn dir(name: &str) -> PathBuf {
@@ -210,5 +211,57 @@ fn bad_rows_can_be_skipped_and_are_all_reported() {
     );
     // A missing column is not one sample's problem: still an error.
     assert!(NpyDataset::open_skipping_bad(&npy, (&tsv, &["sex"])).is_err());
+    std::fs::remove_dir_all(d).ok();
+}
+
+#[test]
+fn quoted_table_fields_and_an_unterminated_quote() {
+    let d = dir("quoted");
+    // RFC 4180 quoting: a separator, a newline and an escaped quote inside quoted fields.
+    let csv = d.join("participants.csv");
+    std::fs::write(
+        &csv,
+        "\"participant_id\",site,\"age\"\r\n\"sub-1\",\"Paris, \"\"HU\"\"\",\"21.5\"\r\n2,\"two\nlines\",30\r\n",
+    )
+    .unwrap();
+    let t = Table::read(&csv).unwrap();
+    assert_eq!(t.columns(), ["participant_id", "site", "age"]);
+    assert_eq!(t.numeric_column("age").unwrap(), [21.5, 30.0]);
+    // The targets of an .npy dataset come through the same parser.
+    let npy = d.join("x.npy");
+    write_npy(&npy, &[2, 1, 1, 1], &[0.0, 1.0]).unwrap();
+    let ds = NpyDataset::open(&npy, Some((&csv, &["age"]))).unwrap();
+    assert_eq!(ds.get(1).unwrap().target, Some(vec![30.0]));
+    // A quote never closed: a typed error naming the file and the line it opened on.
+    let tsv = d.join("participants.tsv");
+    std::fs::write(&tsv, "participant_id\tage\n1\t20\n\n2\t\"30\n3\t40\n").unwrap();
+    match Table::read(&tsv).unwrap_err() {
+        Error::TableSyntax { path, line, kind } => {
+            assert_eq!(
+                (path, line, kind),
+                (tsv.clone(), 4, TableSyntax::UnterminatedQuote)
+            );
+        }
+        other => panic!("expected a table syntax error, got {other:?}"),
+    }
+    let e = NpyDataset::open(&npy, Some((&tsv, &["age"]))).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("participants.tsv") && msg.contains("line 4") && msg.contains("never closed"),
+        "{msg}"
+    );
+    // Text after a closing quote names its line too; a row's field count names its line.
+    std::fs::write(&tsv, "participant_id\tage\n\"1\"x\t20\n").unwrap();
+    assert!(matches!(
+        Table::read(&tsv).unwrap_err(),
+        Error::TableSyntax {
+            line: 2,
+            kind: TableSyntax::TextAfterQuote('x'),
+            ..
+        }
+    ));
+    std::fs::write(&tsv, "a\tb\n\"1\n2\"\t3\n4\n").unwrap();
+    let p = file_problem(Table::read(&tsv).unwrap_err(), &tsv);
+    assert!(p.contains("row 2 (line 4)"), "{p}");
     std::fs::remove_dir_all(d).ok();
 }

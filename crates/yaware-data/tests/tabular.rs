@@ -326,3 +326,28 @@ fn a_transform_changing_the_length_is_an_error() {
         "{e}"
     );
 }
+
+#[test]
+fn quoted_fields_are_read_and_an_unterminated_quote_names_its_line() {
+    let d = dir("quoted");
+    let csv = d.join("rois.csv");
+    // A site name with a comma and a newline, quoted ids and numbers, an escaped quote.
+    std::fs::write(
+        &csv,
+        "participant_id,site,age,roi_a\n\"sub-1\",\"Paris, \"\"A\"\"\",20,\"1.5\"\n\"sub-2\",\"Lyon\nB\",31,4\n",
+    )
+    .unwrap();
+    let ds = open(&csv, &TabularOptions::all_numeric(&["age"])).unwrap();
+    assert_eq!(ds.ids().unwrap(), ["sub-1", "sub-2"]);
+    assert_eq!(ds.ignored_columns(), ["site"]);
+    assert_eq!(ds.feature_names(), ["roi_a"]);
+    assert_eq!(ds.features(0).unwrap(), [1.5]);
+    assert_eq!(ds.target(1), Some(&[31.0][..]));
+    std::fs::write(&csv, "participant_id,age,roi_a\nsub-1,20,1\nsub-2,\"31,4\n").unwrap();
+    let e = TabularDataset::open(&csv, &TabularOptions::all_numeric(&["age"])).unwrap_err();
+    assert!(
+        matches!(&e, Error::TableSyntax { path, line: 3, .. } if path == &csv),
+        "{e:?}"
+    );
+    std::fs::remove_dir_all(d).ok();
+}

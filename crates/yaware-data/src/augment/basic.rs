@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use super::gather::{AxisMap, gather};
 use super::{SampleRng, Transform, Volume, check_probability, check_range};
 use crate::error::{Error, Result};
 
@@ -316,6 +317,9 @@ impl PadMode {
         if (0..n).contains(&s) {
             return Some(s as usize);
         }
+        if n == 0 {
+            return None;
+        }
         let i = match self {
             PadMode::Constant(_) => return None,
             PadMode::Edge => s.clamp(0, n - 1),
@@ -363,74 +367,148 @@ impl CropOrPad {
     }
 }
 
-/// For each output index along an axis, the input index it copies (`None`: the constant).
-/// Crops or pads axis `axis` (1 = D, 2 = H, 3 = W) of the `(C, D, H, W)` voxels `buf` to
-/// `out`, centred, in place: a crop moves blocks towards the start (forwards), a pad moves the
-/// input to its centred place (backwards) and fills the margins from it, so no other buffer is
-/// allocated (fresh big allocations page-fault; this also keeps the input's pages warm).
-fn crop_or_pad_axis(
-    buf: &mut Vec<f32>,
-    shape: &mut [usize; 4],
-    axis: usize,
-    out: usize,
-    mode: PadMode,
-) {
-    let n = shape[axis];
-    let outer: usize = shape[..axis].iter().product();
-    let inner: usize = shape[axis + 1..].iter().product();
-    if out < n {
-        let start = (n - out) / 2;
-        // Block `o` goes to `o·out ≤ o·n + start`: never over a block still to be moved.
-        for o in 0..outer {
-            let src = (o * n + start) * inner;
-            buf.copy_within(src..src + out * inner, o * out * inner);
-        }
-        buf.truncate(outer * out * inner);
-    } else if out > n {
-        let before = (out - n) / 2;
-        let value = match mode {
-            PadMode::Constant(v) => v,
-            _ => 0.0,
-        };
-        buf.resize(outer * out * inner, value);
-        // Block `o` (and its margins) lands at or after `o·n·inner`, the end of the blocks
-        // still to be moved, which are before it.
-        for o in (0..outer).rev() {
-            let base = o * out * inner;
-            buf.copy_within(o * n * inner..(o + 1) * n * inner, base + before * inner);
-            for k in (0..before).chain(before + n..out) {
-                let dst = base + k * inner;
-                match mode.source(k as isize - before as isize, n) {
-                    None => buf[dst..dst + inner].fill(value),
-                    Some(s) => {
-                        let src = base + (before + s) * inner;
-                        buf.copy_within(src..src + inner, dst);
-                    }
-                }
+impl CropOrPad {
+    /// The output-to-input index map of each axis: a centred crop, or a centred pad whose
+    /// margins read the input as the mode says.
+    fn axis_maps(&self, input: [usize; 3]) -> [AxisMap; 3] {
+        [0, 1, 2].map(|axis| {
+            let (n, out) = (input[axis], self.target_shape[axis]);
+            let index = if out <= n {
+                let start = (n - out) / 2;
+                (start..start + out).map(Some).collect()
+            } else {
+                let before = (out - n) / 2;
+                (0..out)
+                    .map(|o| self.mode.source(o as isize - before as isize, n))
+                    .collect()
+            };
+            AxisMap {
+                source_axis: axis,
+                index,
             }
-        }
+        })
     }
-    shape[axis] = out;
 }
 
 impl Transform for CropOrPad {
     fn apply(&self, volume: Volume, _rng: &mut SampleRng) -> Result<Volume> {
+        let input = volume.spatial();
+        if input == self.target_shape {
+            return Ok(volume);
+        }
+        // One pass: each output row is filled or copied (runs of the input row) where it lands.
+        // The axes are independent, so the corners combine the modes of their axes as numpy's
+        // axis-by-axis padding does.
+        let fill = match self.mode {
+            PadMode::Constant(v) => v,
+            _ => 0.0,
+        };
+        let maps = self.axis_maps(input);
+        Ok(gather(volume, self.target_shape, &maps, fill))
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    // The previous implementation (in place, axis by axis), kept as a reference.
+    /// Crops or pads axis `axis` (1 = D, 2 = H, 3 = W) of the `(C, D, H, W)` voxels `buf` to
+    /// `out`, centred, in place: a crop moves blocks towards the start (forwards), a pad moves the
+    /// input to its centred place (backwards) and fills the margins from it, so no other buffer is
+    /// allocated (fresh big allocations page-fault; this also keeps the input's pages warm).
+    pub(crate) fn crop_or_pad_axis(
+        buf: &mut Vec<f32>,
+        shape: &mut [usize; 4],
+        axis: usize,
+        out: usize,
+        mode: PadMode,
+    ) {
+        let n = shape[axis];
+        let outer: usize = shape[..axis].iter().product();
+        let inner: usize = shape[axis + 1..].iter().product();
+        if out < n {
+            let start = (n - out) / 2;
+            // Block `o` goes to `o·out ≤ o·n + start`: never over a block still to be moved.
+            for o in 0..outer {
+                let src = (o * n + start) * inner;
+                buf.copy_within(src..src + out * inner, o * out * inner);
+            }
+            buf.truncate(outer * out * inner);
+        } else if out > n {
+            let before = (out - n) / 2;
+            let value = match mode {
+                PadMode::Constant(v) => v,
+                _ => 0.0,
+            };
+            buf.resize(outer * out * inner, value);
+            // Block `o` (and its margins) lands at or after `o·n·inner`, the end of the blocks
+            // still to be moved, which are before it.
+            for o in (0..outer).rev() {
+                let base = o * out * inner;
+                buf.copy_within(o * n * inner..(o + 1) * n * inner, base + before * inner);
+                for k in (0..before).chain(before + n..out) {
+                    let dst = base + k * inner;
+                    match mode.source(k as isize - before as isize, n) {
+                        None => buf[dst..dst + inner].fill(value),
+                        Some(s) => {
+                            let src = base + (before + s) * inner;
+                            buf.copy_within(src..src + inner, dst);
+                        }
+                    }
+                }
+            }
+        }
+        shape[axis] = out;
+    }
+
+    /// The previous `CropOrPad::apply`.
+    pub(crate) fn reference(target: [usize; 3], mode: PadMode, volume: Volume) -> Volume {
         let Volume {
             mut shape,
             mut data,
         } = volume;
-        let target = self.target_shape;
-        // The axes are independent (padding is separable, as numpy's axis-by-axis padding):
-        // crops first, so the buffer shrinks before it grows, then pads, growing it once.
-        let final_len = shape[0] * target.iter().product::<usize>();
         let input = shape;
         for axis in (1..4).filter(|&a| target[a - 1] < input[a]) {
-            crop_or_pad_axis(&mut data, &mut shape, axis, target[axis - 1], self.mode);
+            crop_or_pad_axis(&mut data, &mut shape, axis, target[axis - 1], mode);
         }
-        data.reserve_exact(final_len.saturating_sub(data.len()));
         for axis in (1..4).filter(|&a| target[a - 1] > input[a]) {
-            crop_or_pad_axis(&mut data, &mut shape, axis, target[axis - 1], self.mode);
+            crop_or_pad_axis(&mut data, &mut shape, axis, target[axis - 1], mode);
         }
-        Volume::new(shape, data)
+        Volume::new(shape, data).unwrap()
+    }
+
+    #[test]
+    fn one_pass_crop_or_pad_equals_the_axis_by_axis_reference() {
+        let shape = [2, 5, 8, 7];
+        let n: usize = shape.iter().product();
+        let v = Volume::new(shape, (0..n).map(|i| (i as f32).sin()).collect()).unwrap();
+        let modes = [
+            PadMode::Constant(-2.5),
+            PadMode::Edge,
+            PadMode::Reflect,
+            PadMode::Symmetric,
+            PadMode::Wrap,
+        ];
+        // Crops and pads mixed across axes, pads wider than the input, odd margins.
+        let targets = [
+            [5, 8, 7],
+            [3, 12, 7],
+            [9, 3, 20],
+            [1, 1, 1],
+            [16, 17, 2],
+            [6, 8, 4],
+        ];
+        for mode in modes {
+            for target in targets {
+                let t = CropOrPad::with_mode(target, mode).unwrap();
+                let got = t.apply(v.clone(), &mut SampleRng::new(0, 0, 0, 0)).unwrap();
+                assert_eq!(
+                    got,
+                    reference(target, mode, v.clone()),
+                    "{mode:?} {target:?}"
+                );
+            }
+        }
     }
 }

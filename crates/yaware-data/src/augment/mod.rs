@@ -10,6 +10,7 @@
 
 mod basic;
 mod erasing;
+mod gather;
 mod resize;
 mod spatial;
 

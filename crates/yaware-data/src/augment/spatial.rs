@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::basic::{CropOrPad, flip_axis};
+use super::gather::{AxisMap, gather};
 use super::{SampleRng, Transform, Volume, check_probability, check_range};
 use crate::error::{Error, Result};
 
@@ -149,73 +149,138 @@ impl RandomRotation {
     }
 }
 
-/// Swaps spatial axes `a` and `b` (a transpose).
-fn swap_axes(v: &Volume, a: usize, b: usize) -> Volume {
-    let [c, d, h, w] = v.shape();
-    let mut dims = [d, h, w];
-    dims.swap(a, b);
-    let in_strides = [h * w, w, 1];
-    let mut src_strides = in_strides;
-    src_strides.swap(a, b);
-    let n = d * h * w;
-    let mut data = vec![0.0f32; c * n];
-    for (src, dst) in v.channels().zip(data.chunks_exact_mut(n)) {
-        let mut k = 0;
-        for i in 0..dims[0] {
-            for j in 0..dims[1] {
-                let base = i * src_strides[0] + j * src_strides[1];
-                for l in 0..dims[2] {
-                    dst[k] = src[base + l * src_strides[2]];
-                    k += 1;
-                }
-            }
-        }
-    }
-    Volume::new([c, dims[0], dims[1], dims[2]], data).expect("a transpose keeps the voxel count")
+/// An output-to-input map of spatial coordinates, a signed axis permutation plus a shift:
+/// `in[p] = sign[p]·out[axis[p]] + offset[p]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct SignedPermutation {
+    axis: [usize; 3],
+    sign: [isize; 3],
+    offset: [isize; 3],
 }
 
-/// numpy's `rot90(v, k, axes=(a, b))` on spatial axes.
-fn rot90(v: Volume, k: u32, a: usize, b: usize) -> Volume {
-    match k % 4 {
-        1 => {
-            let mut v = v;
-            flip_axis(&mut v, b);
-            swap_axes(&v, a, b)
+impl SignedPermutation {
+    /// `in = out + offset` (the identity for a zero offset).
+    fn shift(offset: [isize; 3]) -> Self {
+        Self {
+            axis: [0, 1, 2],
+            sign: [1; 3],
+            offset,
         }
-        2 => {
-            let mut v = v;
-            flip_axis(&mut v, a);
-            flip_axis(&mut v, b);
-            v
-        }
-        3 => {
-            let mut t = swap_axes(&v, a, b);
-            flip_axis(&mut t, b);
-            t
-        }
-        _ => v,
     }
+
+    /// numpy's `rot90(·, k, axes=(a, b))` of a volume of spatial shape `n`: the map from the
+    /// rotated volume's coordinates to `n`'s, and the rotated shape. With `r` the rotated
+    /// coordinates: k = 1 flips `b` then swaps, `in[a] = r[b]`, `in[b] = n_b − 1 − r[a]`;
+    /// k = 2 flips both; k = 3 swaps then flips `b`, `in[a] = n_a − 1 − r[b]`, `in[b] = r[a]`.
+    fn rot90(k: u32, a: usize, b: usize, n: [usize; 3]) -> (Self, [usize; 3]) {
+        let mut m = Self::shift([0; 3]);
+        let last = |axis: usize| n[axis] as isize - 1;
+        let mut shape = n;
+        match k % 4 {
+            1 => {
+                (m.axis[a], m.axis[b]) = (b, a);
+                (m.sign[b], m.offset[b]) = (-1, last(b));
+                shape.swap(a, b);
+            }
+            2 => {
+                (m.sign[a], m.offset[a]) = (-1, last(a));
+                (m.sign[b], m.offset[b]) = (-1, last(b));
+            }
+            3 => {
+                (m.axis[a], m.axis[b]) = (b, a);
+                (m.sign[a], m.offset[a]) = (-1, last(a));
+                shape.swap(a, b);
+            }
+            _ => {}
+        }
+        (m, shape)
+    }
+
+    /// `self ∘ inner`: `inner` maps new coordinates to `self`'s output coordinates.
+    fn then(self, inner: Self) -> Self {
+        let mut m = self;
+        for p in 0..3 {
+            let q = self.axis[p];
+            m.axis[p] = inner.axis[q];
+            m.sign[p] = self.sign[p] * inner.sign[q];
+            m.offset[p] = self.sign[p] * inner.offset[q] + self.offset[p];
+        }
+        m
+    }
+
+    /// The per-output-axis index maps into an input of spatial shape `input`, for an output of
+    /// shape `out` (`None` where the map leaves the input).
+    fn axis_maps(self, input: [usize; 3], out: [usize; 3]) -> [AxisMap; 3] {
+        [0, 1, 2].map(|i| {
+            let p = self
+                .axis
+                .iter()
+                .position(|&a| a == i)
+                .expect("a permutation");
+            let index = (0..out[i] as isize)
+                .map(|o| {
+                    let j = self.sign[p] * o + self.offset[p];
+                    (0..input[p] as isize).contains(&j).then_some(j as usize)
+                })
+                .collect();
+            AxisMap {
+                source_axis: p,
+                index,
+            }
+        })
+    }
+}
+
+/// The quarter turns `(k, a, b)` applied in order, then a centred crop-or-pad (zero padding) to
+/// `target`, as one gather: each output voxel read once from the input, no intermediate volume.
+fn rotate_then_crop_or_pad(v: Volume, turns: &[(u32, usize, usize)], target: [usize; 3]) -> Volume {
+    let input = v.spatial();
+    let (map, shape) = turns.iter().fold(
+        (SignedPermutation::shift([0; 3]), input),
+        |(m, n), &(k, a, b)| {
+            let (r, rotated) = SignedPermutation::rot90(k, a, b, n);
+            (m.then(r), rotated)
+        },
+    );
+    // Centred: a crop starts at (n − out)/2, a pad puts the input at (out − n)/2.
+    let centre = [0, 1, 2].map(|i| {
+        let (n, out) = (shape[i] as isize, target[i] as isize);
+        if n >= out {
+            (n - out) / 2
+        } else {
+            -((out - n) / 2)
+        }
+    });
+    let map = map.then(SignedPermutation::shift(centre));
+    let maps = map.axis_maps(input, target);
+    gather(v, target, &maps, 0.0)
 }
 
 impl Transform for RandomRotation {
-    fn apply(&self, mut volume: Volume, rng: &mut SampleRng) -> Result<Volume> {
-        let shape = volume.spatial();
+    fn apply(&self, volume: Volume, rng: &mut SampleRng) -> Result<Volume> {
+        let input = volume.spatial();
+        let mut shape = input;
+        let mut turns = Vec::new();
         for &(a, b) in &self.axes {
             if rng.uniform() >= self.rotation_probability {
                 continue;
             }
-            let equal = volume.spatial()[a] == volume.spatial()[b];
+            let equal = shape[a] == shape[b];
             let k = if equal || self.keep_shape == KeepShape::CropOrPad {
                 1 + rng.int_inclusive(2) as u32
             } else {
                 2
             };
-            volume = rot90(volume, k, a, b);
+            if k % 2 == 1 {
+                shape.swap(a, b);
+            }
+            turns.push((k, a, b));
         }
-        if volume.spatial() != shape {
-            volume = CropOrPad::new(shape, 0.0)?.apply(volume, rng)?;
+        if turns.is_empty() {
+            return Ok(volume);
         }
-        Ok(volume)
+        // The rotations, then a crop-or-pad back to the input shape when they changed it.
+        Ok(rotate_then_crop_or_pad(volume, &turns, input))
     }
 }
 
@@ -290,6 +355,147 @@ impl Transform for RobustRescaling {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::augment::basic::flip_axis;
+    use crate::augment::{CropOrPad, PadMode};
+
+    // The previous implementation (a rotated copy per quarter turn, then a crop-or-pad), kept
+    // as the reference of the one-pass gather.
+    /// Swaps spatial axes `a` and `b` (a transpose).
+    pub(super) fn swap_axes(v: &Volume, a: usize, b: usize) -> Volume {
+        let [c, d, h, w] = v.shape();
+        let mut dims = [d, h, w];
+        dims.swap(a, b);
+        let in_strides = [h * w, w, 1];
+        let mut src_strides = in_strides;
+        src_strides.swap(a, b);
+        let n = d * h * w;
+        let mut data = vec![0.0f32; c * n];
+        for (src, dst) in v.channels().zip(data.chunks_exact_mut(n)) {
+            let mut k = 0;
+            for i in 0..dims[0] {
+                for j in 0..dims[1] {
+                    let base = i * src_strides[0] + j * src_strides[1];
+                    for l in 0..dims[2] {
+                        dst[k] = src[base + l * src_strides[2]];
+                        k += 1;
+                    }
+                }
+            }
+        }
+        Volume::new([c, dims[0], dims[1], dims[2]], data)
+            .expect("a transpose keeps the voxel count")
+    }
+
+    /// numpy's `rot90(v, k, axes=(a, b))` on spatial axes.
+    pub(super) fn rot90(v: Volume, k: u32, a: usize, b: usize) -> Volume {
+        match k % 4 {
+            1 => {
+                let mut v = v;
+                flip_axis(&mut v, b);
+                swap_axes(&v, a, b)
+            }
+            2 => {
+                let mut v = v;
+                flip_axis(&mut v, a);
+                flip_axis(&mut v, b);
+                v
+            }
+            3 => {
+                let mut t = swap_axes(&v, a, b);
+                flip_axis(&mut t, b);
+                t
+            }
+            _ => v,
+        }
+    }
+
+    /// The previous `RandomRotation` path: each turn into a fresh volume, then `CropOrPad`
+    /// axis by axis (the previous in-place implementation) when the shape changed.
+    fn compose_then_crop(v: &Volume, turns: &[(u32, usize, usize)], target: [usize; 3]) -> Volume {
+        let r = turns
+            .iter()
+            .fold(v.clone(), |x, &(k, a, b)| rot90(x, k, a, b));
+        if r.spatial() == target {
+            r
+        } else {
+            crate::augment::basic::tests::reference(target, PadMode::Constant(0.0), r)
+        }
+    }
+
+    #[test]
+    fn fused_rotation_equals_rotate_then_crop_or_pad() {
+        let pairs = [(0, 1), (1, 0), (1, 2), (2, 1), (0, 2), (2, 0)];
+        for shape in [[1, 3, 5, 7], [2, 4, 7, 5], [1, 6, 3, 3], [1, 1, 2, 9]] {
+            let n: usize = shape.iter().product();
+            let v = Volume::new(shape, (0..n).map(|i| i as f32 + 1.0).collect()).unwrap();
+            let spatial = v.spatial();
+            // Back to the input shape, and to other odd and even targets.
+            for target in [spatial, [5, 4, 6], [3, 8, 1]] {
+                for k in 0..4 {
+                    for &(a, b) in &pairs {
+                        let turns = [(k, a, b)];
+                        assert_eq!(
+                            rotate_then_crop_or_pad(v.clone(), &turns, target),
+                            compose_then_crop(&v, &turns, target),
+                            "{shape:?} k = {k} axes ({a}, {b}) to {target:?}"
+                        );
+                        // Two turns in a row, as RandomRotation chains its axis pairs.
+                        for &(c, d) in &pairs {
+                            let turns = [(k, a, b), (3 - k % 3, c, d)];
+                            assert_eq!(
+                                rotate_then_crop_or_pad(v.clone(), &turns, target),
+                                compose_then_crop(&v, &turns, target),
+                                "{shape:?} {turns:?} to {target:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_rotation_equals_the_previous_path() {
+        // The same draws and the same voxels as rotating copies then cropping back.
+        let shape = [2, 5, 7, 4];
+        let n: usize = shape.iter().product();
+        let v = Volume::new(shape, (0..n).map(|i| i as f32).collect()).unwrap();
+        let axes = vec![(0, 1), (1, 2), (2, 0), (0, 1)];
+        for keep in [KeepShape::CropOrPad, KeepShape::EqualSidesOnly] {
+            let t = RandomRotation::new(axes.clone(), 0.7, keep).unwrap();
+            for i in 0..40 {
+                let got = t.apply(v.clone(), &mut SampleRng::new(1, 0, i, 0)).unwrap();
+                // The previous apply, step by step.
+                let mut rng = SampleRng::new(1, 0, i, 0);
+                let mut r = v.clone();
+                for &(a, b) in &axes {
+                    if rng.uniform() >= 0.7 {
+                        continue;
+                    }
+                    let equal = r.spatial()[a] == r.spatial()[b];
+                    let k = if equal || keep == KeepShape::CropOrPad {
+                        1 + rng.int_inclusive(2) as u32
+                    } else {
+                        2
+                    };
+                    r = rot90(r, k, a, b);
+                }
+                if r.spatial() != v.spatial() {
+                    r = CropOrPad::new(v.spatial(), 0.0)
+                        .unwrap()
+                        .apply(r, &mut rng)
+                        .unwrap();
+                }
+                assert_eq!(got, r, "{keep:?} sample {i}");
+                // The generator is left where the previous path left it.
+                assert_eq!(rng.next_u64(), {
+                    let mut g = SampleRng::new(1, 0, i, 0);
+                    t.apply(v.clone(), &mut g).unwrap();
+                    g.next_u64()
+                });
+            }
+        }
+    }
 
     fn vol(shape: [usize; 4]) -> Volume {
         let n: usize = shape.iter().product();
