@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{Linear, Module, VarBuilder, VarMap};
+use candle_nn::{Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::get_weight;
@@ -262,8 +262,11 @@ impl Backbone for Mlp {
         let last = self.linears.len() - 1;
         let mut h = x.clone();
         for (k, linear) in self.linears.iter().enumerate() {
-            h = linear.forward(&h)?;
-            if k < last {
+            let act = k < last;
+            // A ReLU is fused into the layer (one op, one backward).
+            let relu = act && self.config.activation == Activation::Relu;
+            h = crate::ops::linear(&h, linear.weight(), linear.bias(), relu)?;
+            if act && !relu {
                 h = self.config.activation.apply(&h)?;
             }
             if let (Some(p), true) = (self.config.dropout, train) {
