@@ -14,6 +14,8 @@
 //! 1 in candle's composed path; the two agree everywhere else.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, WithDType};
+use std::sync::OnceLock;
+
 use gemm::Parallelism;
 
 use super::elem::{Real, cpu_slice, dispatch, with_cpu_slices};
@@ -140,16 +142,24 @@ struct LinearOp {
     input_grad: bool,
 }
 
-/// The parallelism candle gives its own matmuls.
-fn parallelism() -> Parallelism {
-    match candle_core::utils::get_num_threads() {
+/// A gemm parallelism over `threads` threads.
+fn parallelism(threads: usize) -> Parallelism {
+    match threads {
         0 | 1 => Parallelism::None,
         n => Parallelism::Rayon(n),
     }
 }
 
+/// The number of threads candle gives its own matmuls, read once: candle computes it on every
+/// call from `RAYON_NUM_THREADS` or `/proc/cpuinfo` (tens of microseconds, more than the
+/// smallest layers' gemms).
+fn threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
+}
+
 /// `dst (m, n) = lhs (m, k) · rhs (k, n)` into a row-major `dst`, the operands given by their
-/// (column, row) strides.
+/// (column, row) strides, on `threads` threads.
 fn gemm_to<T: Real>(
     [m, n, k]: [usize; 3],
     dst: &mut [T],
@@ -157,6 +167,7 @@ fn gemm_to<T: Real>(
     [lhs_cs, lhs_rs]: [usize; 2],
     rhs: &[T],
     [rhs_cs, rhs_rs]: [usize; 2],
+    threads: usize,
 ) {
     let last = |rows: usize, cols: usize, cs: usize, rs: usize| {
         if rows == 0 || cols == 0 {
@@ -199,7 +210,7 @@ fn gemm_to<T: Real>(
             false,
             false,
             false,
-            parallelism(),
+            parallelism(threads),
         );
     }
 }
@@ -215,7 +226,15 @@ fn forward_kernel<T: Real>(
     let zero = T::from_f64(0.0);
     let mut y = vec![zero; rows * out];
     // y = x · Wᵀ: Wᵀ (width, out) is W read with column stride `width` and row stride 1.
-    gemm_to([rows, out, width], &mut y, x, [1, width], w, [width, 1]);
+    gemm_to(
+        [rows, out, width],
+        &mut y,
+        x,
+        [1, width],
+        w,
+        [width, 1],
+        threads(),
+    );
     if out > 0 && (b.is_some() || relu) {
         for row in y.chunks_exact_mut(out) {
             if let Some(b) = b {
@@ -259,26 +278,61 @@ fn backward_kernel<T: Real>(
         }
         None => dy,
     };
-    // dW (out, width) = gᵀ · x: gᵀ is g read with column stride `out` and row stride 1.
-    let mut dw = vec![zero; out * width];
-    gemm_to([out, width, rows], &mut dw, g, [out, 1], x, [1, width]);
-    let db = need_db.then(|| {
-        let mut db = vec![zero; out];
-        if out > 0 {
-            for row in g.chunks_exact(out) {
-                for (s, &v) in db.iter_mut().zip(row) {
-                    *s += v;
+    // dW (out, width) = gᵀ · x (gᵀ is g read with column stride `out` and row stride 1) and
+    // dx (rows, width) = g · W have the same size: with both wanted they run side by side,
+    // each on half the threads, instead of one after the other on all of them (fewer
+    // synchronisations inside small gemms).
+    let all = threads();
+    let (dw_threads, dx_threads) = if need_dx {
+        (all.div_ceil(2), all / 2)
+    } else {
+        (all, 0)
+    };
+    let grad_w = || {
+        let mut dw = vec![zero; out * width];
+        gemm_to(
+            [out, width, rows],
+            &mut dw,
+            g,
+            [out, 1],
+            x,
+            [1, width],
+            dw_threads,
+        );
+        dw
+    };
+    let grad_x_b = || {
+        let dx = need_dx.then(|| {
+            let mut dx = vec![zero; rows * width];
+            gemm_to(
+                [rows, width, out],
+                &mut dx,
+                g,
+                [1, out],
+                w,
+                [1, width],
+                dx_threads,
+            );
+            dx
+        });
+        let db = need_db.then(|| {
+            let mut db = vec![zero; out];
+            if out > 0 {
+                for row in g.chunks_exact(out) {
+                    for (s, &v) in db.iter_mut().zip(row) {
+                        *s += v;
+                    }
                 }
             }
-        }
-        db
-    });
-    // dx (rows, width) = g · W.
-    let dx = need_dx.then(|| {
-        let mut dx = vec![zero; rows * width];
-        gemm_to([rows, width, out], &mut dx, g, [1, out], w, [1, width]);
-        dx
-    });
+            db
+        });
+        (dx, db)
+    };
+    let (dw, (dx, db)) = if need_dx && all > 1 {
+        rayon::join(grad_w, grad_x_b)
+    } else {
+        (grad_w(), grad_x_b())
+    };
     (dx, dw, db)
 }
 
