@@ -33,4 +33,7 @@ pub enum Error {
     /// An error raised by candle (including a missing or mis-shaped weight when loading).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// An input refused by a layer op (a dtype or device that differs from the weights').
+    #[error(transparent)]
+    Op(#[from] yaware_backbones::Error),
 }

@@ -1,8 +1,9 @@
 //! Projection heads: configurations, seeded construction and loading by name.
 
-use candle_core::{DType, Device, Module, ModuleT, Tensor, Var};
+use candle_core::{DType, Device, ModuleT, Tensor, Var};
 use candle_nn::{BatchNorm, BatchNormConfig, Linear, VarBuilder, VarMap};
 use yaware_backbones::init::{SeededRng, linear_default};
+use yaware_backbones::ops::linear;
 
 use crate::error::{Error, Result};
 
@@ -238,9 +239,17 @@ impl ProjectionHead {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.check_input(x)?;
         let mut h = x.clone();
-        for layer in &self.layers {
+        let mut layers = self.layers.iter().peekable();
+        while let Some(layer) = layers.next() {
             h = match layer {
-                Layer::Linear(l) => l.forward(&h)?,
+                Layer::Linear(l) => {
+                    // A ReLU right after the layer is fused into it (one op, one backward).
+                    let relu = matches!(layers.peek(), Some(Layer::Relu));
+                    if relu {
+                        layers.next();
+                    }
+                    linear(&h, l.weight(), l.bias(), relu)?
+                }
                 Layer::BatchNorm(b) => b.forward_t(&h, train)?,
                 Layer::Relu => h.relu()?,
             };

@@ -4,9 +4,9 @@
 //! matmul). Rows run in parallel; the logits, the log-softmax and the `2N × 2N` weight matrix
 //! are never materialised.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::logits::{DIAGONAL_MASK, NORMALIZE_EPS};
@@ -84,16 +84,24 @@ pub(crate) struct ContrastiveLoss {
 
 #[derive(Debug, Clone)]
 struct Cache {
-    zhat: Tensor,
+    /// Width of the embeddings.
+    d: usize,
     norms: Vec<f64>,
-    probs: Probs,
+    buffers: Buffers,
 }
 
-/// The row-wise softmax of the logits, in the embeddings' dtype.
+/// `ẑ` (`2N × D`) and the row-wise softmax of the logits (`2N × 2N`), in the embeddings'
+/// dtype.
 #[derive(Debug, Clone)]
-enum Probs {
-    F32(std::sync::Arc<Vec<f32>>),
-    F64(std::sync::Arc<Vec<f64>>),
+enum Buffers {
+    F32 {
+        zhat: Arc<Vec<f32>>,
+        probs: Arc<Vec<f32>>,
+    },
+    F64 {
+        zhat: Arc<Vec<f64>>,
+        probs: Arc<Vec<f64>>,
+    },
 }
 
 impl ContrastiveLoss {
@@ -285,11 +293,78 @@ fn symmetrized<T: Copy + Send + Sync + Default + std::ops::Add<Output = T>>(
     out
 }
 
-/// `a · aᵀ` for row-major `a` (`m × d`); returns `a` as a tensor and the product.
-fn gram<T: candle_core::WithDType>(a: &[T], m: usize, d: usize) -> Result<(Tensor, Tensor)> {
-    let t = Tensor::from_slice(a, (m, d), &Device::Cpu)?;
-    let sim = t.matmul(&t.t()?)?;
-    Ok((t, sim))
+/// The number of threads candle gives its matmuls, read once (candle reads
+/// `/proc/cpuinfo` on every call).
+fn threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| candle_core::utils::get_num_threads().max(1))
+}
+
+/// `lhs (m, k) · rhs (k, n)` into a new row-major `m × n` buffer, the operands given by their
+/// (column, row) strides: the very `gemm` call of candle's CPU matmul (same results), without
+/// copying the operands into tensors and the product out of one.
+fn matmul<T: candle_core::WithDType>(
+    [m, n, k]: [usize; 3],
+    lhs: &[T],
+    [lhs_cs, lhs_rs]: [usize; 2],
+    rhs: &[T],
+    [rhs_cs, rhs_rs]: [usize; 2],
+) -> Vec<T> {
+    let span = |rows: usize, cols: usize, cs: usize, rs: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        }
+    };
+    assert!(
+        lhs.len() >= span(m, k, lhs_cs, lhs_rs),
+        "contrastive-loss: lhs too small"
+    );
+    assert!(
+        rhs.len() >= span(k, n, rhs_cs, rhs_rs),
+        "contrastive-loss: rhs too small"
+    );
+    let mut dst = vec![T::zero(); m * n];
+    if m == 0 || n == 0 {
+        return dst;
+    }
+    let parallelism = match threads() {
+        1 => gemm::Parallelism::None,
+        t => gemm::Parallelism::Rayon(t),
+    };
+    // SAFETY: the asserts keep every element the strides address inside its slice, and `dst`
+    // is a fresh buffer of `m × n` elements that overlaps neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            T::zero(),
+            T::one(),
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    dst
+}
+
+/// `a · aᵀ` (`m × m`) for row-major `a` (`m × d`).
+fn gram<T: candle_core::WithDType>(a: &[T], m: usize, d: usize) -> Vec<T> {
+    // aᵀ (d × m) is `a` read with column stride d and row stride 1.
+    matmul([m, m, d], a, [1, d], a, [d, 1])
 }
 
 impl CustomOp1 for ContrastiveLoss {
@@ -302,35 +377,22 @@ impl CustomOp1 for ContrastiveLoss {
         if m != 2 * self.n {
             candle_core::bail!("contrastive-loss: expected {} rows, got {m}", 2 * self.n);
         }
-        let (loss, cache) = match storage {
+        let (loss, buffers, norms) = match storage {
             CpuStorage::F32(z) => {
                 let (zhat, norms) = normalize_f32(contiguous(z, layout)?, d);
-                let (zhat, sim) = gram(&zhat, m, d)?;
-                let (loss, probs) = loss_f32(self, &sim.flatten_all()?.to_vec1::<f32>()?);
-                (
-                    loss,
-                    Cache {
-                        zhat,
-                        norms,
-                        probs: Probs::F32(probs.into()),
-                    },
-                )
+                let (loss, probs) = loss_f32(self, &gram(&zhat, m, d));
+                let (zhat, probs) = (Arc::new(zhat), Arc::new(probs));
+                (loss, Buffers::F32 { zhat, probs }, norms)
             }
             CpuStorage::F64(z) => {
                 let (zhat, norms) = normalize_f64(contiguous(z, layout)?, d);
-                let (zhat, sim) = gram(&zhat, m, d)?;
-                let (loss, probs) = loss_f64(self, &sim.flatten_all()?.to_vec1::<f64>()?);
-                (
-                    loss,
-                    Cache {
-                        zhat,
-                        norms,
-                        probs: Probs::F64(probs.into()),
-                    },
-                )
+                let (loss, probs) = loss_f64(self, &gram(&zhat, m, d));
+                let (zhat, probs) = (Arc::new(zhat), Arc::new(probs));
+                (loss, Buffers::F64 { zhat, probs }, norms)
             }
             _ => candle_core::bail!("contrastive-loss: f32 or f64 embeddings expected"),
         };
+        let cache = Cache { d, norms, buffers };
         *self
             .cache
             .lock()
@@ -345,24 +407,24 @@ impl CustomOp1 for ContrastiveLoss {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone();
-        let Some(Cache { zhat, norms, probs }) = cache else {
+        let Some(Cache { d, norms, buffers }) = cache else {
             candle_core::bail!("contrastive-loss: backward before forward");
         };
-        let (m, d) = zhat.dims2()?;
         macro_rules! backward {
-            ($t:ty, $probs:expr, $grad_sim:ident, $grad_z:ident) => {{
+            ($zhat:expr, $probs:expr, $grad_sim:ident, $grad_z:ident) => {{
+                let m = $zhat.len() / d.max(1);
                 let g = $grad_sim(self, $probs, upstream);
                 // S = ẑẑᵀ: dL/dẑ = (G + Gᵀ) ẑ.
-                let h = Tensor::from_vec(symmetrized(&g, m), (m, m), &Device::Cpu)?;
-                let dzhat = h.matmul(&zhat)?;
-                let zh = zhat.flatten_all()?.to_vec1::<$t>()?;
-                let dz = $grad_z(&zh, &dzhat.flatten_all()?.to_vec1::<$t>()?, &norms, d);
+                let h = symmetrized(&g, m);
+                drop(g);
+                let dzhat = matmul([m, d, m], &h, [1, m], $zhat, [1, d]);
+                let dz = $grad_z($zhat, &dzhat, &norms, d);
                 Tensor::from_vec(dz, (m, d), arg.device())?
             }};
         }
-        let grad = match &probs {
-            Probs::F32(p) => backward!(f32, p, grad_sim_f32, grad_z_f32),
-            Probs::F64(p) => backward!(f64, p, grad_sim_f64, grad_z_f64),
+        let grad = match &buffers {
+            Buffers::F32 { zhat, probs } => backward!(zhat, probs, grad_sim_f32, grad_z_f32),
+            Buffers::F64 { zhat, probs } => backward!(zhat, probs, grad_sim_f64, grad_z_f64),
         };
         Ok(Some(grad))
     }

@@ -3,7 +3,7 @@
 use std::sync::Mutex;
 
 use candle_core::{DType, Device, Tensor, Var};
-use candle_nn::{Linear, Module, VarBuilder, VarMap};
+use candle_nn::{Linear, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use crate::backbone::get_weight;
@@ -262,8 +262,11 @@ impl Backbone for Mlp {
         let last = self.linears.len() - 1;
         let mut h = x.clone();
         for (k, linear) in self.linears.iter().enumerate() {
-            h = linear.forward(&h)?;
-            if k < last {
+            let act = k < last;
+            // A ReLU is fused into the layer (one op, one backward).
+            let relu = act && self.config.activation == Activation::Relu;
+            h = crate::ops::linear(&h, linear.weight(), linear.bias(), relu)?;
+            if act && !relu {
                 h = self.config.activation.apply(&h)?;
             }
             if let (Some(p), true) = (self.config.dropout, train) {
@@ -358,6 +361,48 @@ mod tests {
         // Gradients reach the VarMap's variables.
         let grads = got.sum_all().unwrap().backward().unwrap();
         assert!(grads.get(data["0.weight"].as_tensor()).is_some());
+    }
+
+    /// Every activation (the ReLU fused into the linear op, the others applied after it)
+    /// matches `Linear → act → Linear` from candle ops, values and weight gradients (f64,
+    /// rounding only).
+    #[test]
+    fn every_activation_matches_composed_layers() {
+        let x = Tensor::new(&[[1.0f64, -2.0, 0.5], [0.0, 3.0, -1.0]], &cpu()).unwrap();
+        for activation in [
+            Activation::Relu,
+            Activation::Gelu,
+            Activation::Tanh,
+            Activation::Sigmoid,
+        ] {
+            let vm = VarMap::new();
+            let cfg = MlpConfig {
+                activation,
+                ..MlpConfig::new(3, vec![4, 2])
+            };
+            let mlp = Mlp::new(cfg, &vm, 5, DType::F64, &cpu()).unwrap();
+            let data = vm.data().lock().unwrap();
+            let w0 = data["0.weight"].as_tensor();
+            let (b0, w2) = (data["0.bias"].as_tensor(), data["2.weight"].as_tensor());
+            let b2 = data["2.bias"].as_tensor();
+            let layer = |h: &Tensor, w: &Tensor, b: &Tensor| {
+                h.matmul(&w.t().unwrap()).unwrap().broadcast_add(b).unwrap()
+            };
+            let h = activation.apply(&layer(&x, w0, b0)).unwrap();
+            let want = layer(&h, w2, b2);
+            let got = mlp.forward_t(&x, true).unwrap();
+            let gw = want.sum_all().unwrap().backward().unwrap();
+            let gg = got.sum_all().unwrap().backward().unwrap();
+            let pairs = [
+                (got.clone(), want.clone()),
+                (gg.get(w0).unwrap().clone(), gw.get(w0).unwrap().clone()),
+                (gg.get(b2).unwrap().clone(), gw.get(b2).unwrap().clone()),
+            ];
+            for (a, b) in pairs {
+                let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+                assert!(diff.to_scalar::<f64>().unwrap() < 1e-12, "{activation:?}");
+            }
+        }
     }
 
     #[test]
