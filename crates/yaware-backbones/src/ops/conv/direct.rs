@@ -1,11 +1,13 @@
-//! Direct (implicit-GEMM) f32 convolution for x86-64 CPUs with AVX2 and FMA.
+//! Direct (implicit-GEMM) f32 convolution for x86-64 CPUs with AVX2 and FMA (and AVX-512F).
 //!
 //! The im2col path (`kernels.rs`) writes every input value `k³` times into a column buffer and
 //! reads it back in `gemm`: for the wide, shallow layers of a 3D ResNet that copy moves as many
 //! bytes as the matmul itself. This kernel reads the staged input directly instead.
 //!
 //! Micro-kernel: 16 output channels (two 8-lane registers) × 6 output positions, 12
-//! accumulators. For every row `k = (c, kd, kh, kw)` of the (virtual) column matrix it loads
+//! accumulators; on CPUs with AVX-512F, 32 output channels (two blocks of 16, one 16-lane
+//! register each) × 6 positions, the same 12 accumulators at twice the width (the blocks'
+//! packed layout is shared, so a lone last block runs on the 16-channel kernel). For every row `k = (c, kd, kh, kw)` of the (virtual) column matrix it loads
 //! the 16 packed weights of `k` and broadcasts the 6 input values the positions see, each from
 //! its own address `base(position) + offset(k)` in the staged input. Every position carries its
 //! own base, so any stride, dilation, padding and output width is handled the same way (the
@@ -50,6 +52,21 @@ pub(super) fn available() -> bool {
     }
 }
 
+/// Whether this CPU also runs the 32-channel AVX-512 micro-kernel (checked once): two blocks
+/// of 16 output channels per call, 16-lane registers.
+fn wide_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static WIDE: OnceLock<bool> = OnceLock::new();
+        *WIDE.get_or_init(|| available() && std::is_x86_feature_detected!("avx512f"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Whether the direct kernel may run: true unless the environment variable
 /// `YAWARE_CONV3D_IM2COL` is set to `1` (read once; a diagnostic switch to compare both paths).
 pub(super) fn enabled() -> bool {
@@ -75,6 +92,16 @@ pub(super) fn suits(g: &Geom, st: &Staging) -> bool {
 /// Forward pass on the staged input `xs` (see [`Staging`]) with weights `w (C_out, K)`;
 /// returns `(N, C_out, oD, oH, oW)`. The caller checks [`suits`] first.
 pub(super) fn forward(g: &Geom, st: &Staging, xs: &[f32], w: &[f32]) -> Vec<f32> {
+    forward_with(g, st, xs, w, wide_available())
+}
+
+/// [`forward`] with the micro-kernel chosen by the caller: pairs of channel blocks on the
+/// AVX-512 kernel when `wide`, else one block at a time on the AVX2 kernel.
+fn forward_with(g: &Geom, st: &Staging, xs: &[f32], w: &[f32], wide: bool) -> Vec<f32> {
+    assert!(
+        !wide || wide_available(),
+        "AVX-512 kernel requested without AVX-512F"
+    );
     assert!(
         available(),
         "direct conv3d kernel called without AVX2 + FMA"
@@ -114,53 +141,82 @@ pub(super) fn forward(g: &Geom, st: &Staging, xs: &[f32], w: &[f32]) -> Vec<f32>
                 *b = position_base(g, st, first + i.min(len - 1));
             }
             let groups = len.div_ceil(NR);
-            let mut tiles = [[[0.0f32; MR]; NR]; CHUNK / NR];
+            // Accumulators of one block of 16 channels (or two, [pair]) for every group.
+            let mut tiles = [[[[0.0f32; MR]; NR]; CHUNK / NR]; 2];
             let mut rows_buf = [[0.0f32; CHUNK]; MR];
-            for b in 0..blocks {
-                let panel = &panels[b * kdim..(b + 1) * kdim];
-                let rows = MR.min(c_out - b * MR);
-                for tile in &mut tiles[..groups] {
-                    *tile = [[0.0; MR]; NR];
-                }
-                // K in slices whose packed weights (KC · 64 bytes) stay in L1 while every
-                // group of positions of the chunk uses them.
-                for k0 in (0..kdim).step_by(KC) {
-                    let k1 = (k0 + KC).min(kdim);
-                    for (tile, bases) in tiles[..groups].iter_mut().zip(bases.chunks_exact(NR)) {
-                        let bases: &[usize; NR] =
-                            bases.try_into().unwrap_or_else(|_| unreachable!());
-                        // SAFETY: AVX2 + FMA checked by `available`; every base + offset
-                        // addresses a value inside `xs` (staged layout).
-                        unsafe { micro_16x6(&panel[k0..k1], &offs[k0..k1], xs, bases, tile) };
+            let mut b = 0;
+            while b < blocks {
+                let pair = wide && b + 1 < blocks;
+                let nb = if pair { 2 } else { 1 };
+                for block_tiles in &mut tiles[..nb] {
+                    for tile in &mut block_tiles[..groups] {
+                        *tile = [[0.0; MR]; NR];
                     }
                 }
-                // Transpose the tiles to rows of output channels, then write each row as
-                // contiguous runs (one per sample): scattered stores at the sample stride
-                // would alias in L1.
-                for (grp, tile) in tiles[..groups].iter().enumerate() {
-                    for (j, col) in tile.iter().enumerate() {
-                        for (i, &v) in col.iter().enumerate() {
-                            rows_buf[i][grp * NR + j] = v;
+                // K in slices whose packed weights (KC · 64 bytes per block) stay in L1
+                // while every group of positions of the chunk uses them.
+                for k0 in (0..kdim).step_by(KC) {
+                    let k1 = (k0 + KC).min(kdim);
+                    let panel_a = &panels[b * kdim + k0..b * kdim + k1];
+                    let (tiles_a, tiles_b) = tiles.split_at_mut(1);
+                    for (grp, bases) in bases.chunks_exact(NR).take(groups).enumerate() {
+                        let bases: &[usize; NR] =
+                            bases.try_into().unwrap_or_else(|_| unreachable!());
+                        if pair {
+                            let panel_b = &panels[(b + 1) * kdim + k0..(b + 1) * kdim + k1];
+                            // SAFETY: AVX-512F checked by `wide_available`; every base +
+                            // offset addresses a value inside `xs` (staged layout).
+                            unsafe {
+                                micro_32x6(
+                                    [panel_a, panel_b],
+                                    &offs[k0..k1],
+                                    xs,
+                                    bases,
+                                    [&mut tiles_a[0][grp], &mut tiles_b[0][grp]],
+                                )
+                            };
+                        } else {
+                            // SAFETY: AVX2 + FMA checked by `available`; every base + offset
+                            // addresses a value inside `xs` (staged layout).
+                            unsafe {
+                                micro_16x6(panel_a, &offs[k0..k1], xs, bases, &mut tiles_a[0][grp])
+                            };
                         }
                     }
                 }
-                let mut t = 0;
-                while t < len {
-                    let p = first + t;
-                    let (n, s) = (p / s_n, p % s_n);
-                    let run = (s_n - s).min(len - t);
-                    for (i, row) in rows_buf.iter().enumerate().take(rows) {
-                        // SAFETY: out[n, b·16 + i, s..s + run] is written by this task only.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(
-                                row[t..].as_ptr(),
-                                out_ptr.get().add((n * c_out + b * MR + i) * s_n + s),
-                                run,
-                            )
-                        };
+                for (ib, block_tiles) in tiles[..nb].iter().enumerate() {
+                    let bb = b + ib;
+                    let rows = MR.min(c_out - bb * MR);
+                    // Transpose the tiles to rows of output channels, then write each row as
+                    // contiguous runs (one per sample): scattered stores at the sample stride
+                    // would alias in L1.
+                    for (grp, tile) in block_tiles[..groups].iter().enumerate() {
+                        for (j, col) in tile.iter().enumerate() {
+                            for (i, &v) in col.iter().enumerate() {
+                                rows_buf[i][grp * NR + j] = v;
+                            }
+                        }
                     }
-                    t += run;
+                    let mut t = 0;
+                    while t < len {
+                        let p = first + t;
+                        let (n, s) = (p / s_n, p % s_n);
+                        let run = (s_n - s).min(len - t);
+                        for (i, row) in rows_buf.iter().enumerate().take(rows) {
+                            // SAFETY: out[n, bb·16 + i, s..s + run] is written by this task
+                            // only.
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(
+                                    row[t..].as_ptr(),
+                                    out_ptr.get().add((n * c_out + bb * MR + i) * s_n + s),
+                                    run,
+                                )
+                            };
+                        }
+                        t += run;
+                    }
                 }
+                b += nb;
             }
         });
     out
@@ -184,6 +240,15 @@ fn position_base(g: &Geom, st: &Staging, p: usize) -> usize {
 /// position), the 6 broadcast streams are 6 rows `k` of the virtual column matrix, and the
 /// reduction runs over output positions. The caller checks [`suits`] first.
 pub(super) fn grad_weight(g: &Geom, st: &Staging, xs: &[f32], dy: &[f32]) -> Vec<f32> {
+    grad_weight_with(g, st, xs, dy, wide_available())
+}
+
+/// [`grad_weight`] with the micro-kernel chosen by the caller (see [`forward_with`]).
+fn grad_weight_with(g: &Geom, st: &Staging, xs: &[f32], dy: &[f32], wide: bool) -> Vec<f32> {
+    assert!(
+        !wide || wide_available(),
+        "AVX-512 kernel requested without AVX-512F"
+    );
     assert!(
         available(),
         "direct conv3d kernel called without AVX2 + FMA"
@@ -221,28 +286,43 @@ pub(super) fn grad_weight(g: &Geom, st: &Staging, xs: &[f32], dy: &[f32]) -> Vec
                 }
             });
         let (panels, bases) = (&panels, &bases[..len]);
-        (0..blocks * groups).into_par_iter().for_each(|task| {
-            let (b, grp) = (task / groups, task % groups);
+        // Tasks: (one block, or a pair of blocks on the wide kernel) × a group of 6 rows.
+        let units = if wide { blocks.div_ceil(2) } else { blocks };
+        (0..units * groups).into_par_iter().for_each(|task| {
+            let (unit, grp) = (task / groups, task % groups);
+            let b = if wide { 2 * unit } else { unit };
+            let pair = wide && b + 1 < blocks;
             let k0 = grp * NR;
             let ks: [usize; NR] = std::array::from_fn(|j| (k0 + j).min(kdim - 1));
             let rows_k: [usize; NR] = ks.map(|k| offs[k]);
-            let mut tile = [[0.0f32; MR]; NR];
-            // SAFETY: AVX2 + FMA checked by `available`; offs[k] + bases[t] addresses the value
-            // row k of the column matrix holds for position t, inside `xs`.
-            unsafe {
-                micro_16x6(
-                    &panels[b * PCHUNK..b * PCHUNK + len],
-                    bases,
-                    xs,
-                    &rows_k,
-                    &mut tile,
-                )
-            };
-            for (j, col) in tile.iter().enumerate().take(kdim - k0.min(kdim)) {
-                for (i, &v) in col.iter().enumerate().take(MR.min(c_out - b * MR)) {
-                    // SAFETY: dW[b·16 + i, k0 + j] belongs to this task only within a round;
-                    // rounds run one after the other.
-                    unsafe { *dw_ptr.get().add((b * MR + i) * kdim + k0 + j) += v };
+            let mut tiles = [[[0.0f32; MR]; NR]; 2];
+            let panel_a = &panels[b * PCHUNK..b * PCHUNK + len];
+            let (tile_a, tile_b) = tiles.split_at_mut(1);
+            if pair {
+                let panel_b = &panels[(b + 1) * PCHUNK..(b + 1) * PCHUNK + len];
+                // SAFETY: AVX-512F checked by `wide_available`; offs[k] + bases[t] addresses
+                // the value row k of the column matrix holds for position t, inside `xs`.
+                unsafe {
+                    micro_32x6(
+                        [panel_a, panel_b],
+                        bases,
+                        xs,
+                        &rows_k,
+                        [&mut tile_a[0], &mut tile_b[0]],
+                    )
+                };
+            } else {
+                // SAFETY: AVX2 + FMA checked by `available`; as above.
+                unsafe { micro_16x6(panel_a, bases, xs, &rows_k, &mut tile_a[0]) };
+            }
+            for (ib, tile) in tiles[..if pair { 2 } else { 1 }].iter().enumerate() {
+                let bb = b + ib;
+                for (j, col) in tile.iter().enumerate().take(kdim - k0.min(kdim)) {
+                    for (i, &v) in col.iter().enumerate().take(MR.min(c_out - bb * MR)) {
+                        // SAFETY: dW[bb·16 + i, k0 + j] belongs to this task only within a
+                        // round; rounds run one after the other.
+                        unsafe { *dw_ptr.get().add((bb * MR + i) * kdim + k0 + j) += v };
+                    }
                 }
             }
         });
@@ -323,6 +403,76 @@ unsafe fn micro_16x6<O: Offset>(
             _mm256_storeu_ps(col.as_mut_ptr().add(8), c[2 * j + 1]);
         }
     }
+}
+
+/// `tiles[h][j][i] += Σ_k panels[h][k][i] · xs[bases[j] + offs[k]]` for two blocks `h` of 16
+/// channels: 12 accumulators of 16 lanes, 2 weight loads and 6 broadcasts per row `k`.
+///
+/// # Safety
+/// The CPU must support AVX-512F, both panels must have `offs.len()` rows, and
+/// `bases[j] + offs[k]` must be in bounds of `xs` for every `j` and `k`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro_32x6<O: Offset>(
+    panels: [&[Panel]; 2],
+    offs: &[O],
+    xs: &[f32],
+    bases: &[usize; NR],
+    tiles: [&mut [[f32; MR]; NR]; 2],
+) {
+    use std::arch::x86_64::*;
+    let [pa, pb] = panels;
+    debug_assert!(pa.len() == offs.len() && pb.len() == offs.len());
+    let x = xs.as_ptr();
+    // SAFETY: forwarded from the caller; `Panel` is 64-byte aligned (aligned loads).
+    unsafe {
+        let [x0, x1, x2, x3, x4, x5] = bases.map(|b| x.add(b));
+        let [ta, tb] = tiles;
+        let mut c = [_mm512_setzero_ps(); 2 * NR];
+        for j in 0..NR {
+            c[2 * j] = _mm512_loadu_ps(ta[j].as_ptr());
+            c[2 * j + 1] = _mm512_loadu_ps(tb[j].as_ptr());
+        }
+        for ((p, q), &o) in pa.iter().zip(pb).zip(offs) {
+            let o = o.at();
+            let a0 = _mm512_load_ps(p.0.as_ptr());
+            let a1 = _mm512_load_ps(q.0.as_ptr());
+            let b = _mm512_set1_ps(*x0.add(o));
+            c[0] = _mm512_fmadd_ps(a0, b, c[0]);
+            c[1] = _mm512_fmadd_ps(a1, b, c[1]);
+            let b = _mm512_set1_ps(*x1.add(o));
+            c[2] = _mm512_fmadd_ps(a0, b, c[2]);
+            c[3] = _mm512_fmadd_ps(a1, b, c[3]);
+            let b = _mm512_set1_ps(*x2.add(o));
+            c[4] = _mm512_fmadd_ps(a0, b, c[4]);
+            c[5] = _mm512_fmadd_ps(a1, b, c[5]);
+            let b = _mm512_set1_ps(*x3.add(o));
+            c[6] = _mm512_fmadd_ps(a0, b, c[6]);
+            c[7] = _mm512_fmadd_ps(a1, b, c[7]);
+            let b = _mm512_set1_ps(*x4.add(o));
+            c[8] = _mm512_fmadd_ps(a0, b, c[8]);
+            c[9] = _mm512_fmadd_ps(a1, b, c[9]);
+            let b = _mm512_set1_ps(*x5.add(o));
+            c[10] = _mm512_fmadd_ps(a0, b, c[10]);
+            c[11] = _mm512_fmadd_ps(a1, b, c[11]);
+        }
+        for j in 0..NR {
+            _mm512_storeu_ps(ta[j].as_mut_ptr(), c[2 * j]);
+            _mm512_storeu_ps(tb[j].as_mut_ptr(), c[2 * j + 1]);
+        }
+    }
+}
+
+/// Never called: [`wide_available`] is false off x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn micro_32x6<O: Offset>(
+    _panels: [&[Panel]; 2],
+    _offs: &[O],
+    _xs: &[f32],
+    _bases: &[usize; NR],
+    _tiles: [&mut [[f32; MR]; NR]; 2],
+) {
+    unreachable!("the direct conv3d kernel needs x86-64")
 }
 
 /// Never called: [`available`] is false off x86-64.
@@ -426,9 +576,33 @@ mod tests {
             let x = values(n * c_in * g.in_vol(), 1);
             let w = values(c_out * g.kdim(), 2);
             let xs = st.stage(&g, &x);
-            let y = forward(&g, &st, &xs, &w);
+            for wide in [false, true] {
+                if wide && !wide_available() {
+                    eprintln!("no AVX-512F: the 32-channel kernel is not tested on this CPU");
+                    continue;
+                }
+                check_case(&g, &x, &w, &xs, &st, wide);
+            }
+        }
+    }
+
+    /// One geometry through one micro-kernel (`wide`: AVX-512), against naive f64 loops.
+    fn check_case(g: &Geom, x: &[f32], w: &[f32], xs: &[f32], st: &Staging, wide: bool) {
+        let &Geom {
+            n,
+            c_in,
+            c_out,
+            input,
+            kernel,
+            output,
+            stride,
+            padding,
+            dilation,
+        } = g;
+        {
+            let y = forward_with(g, st, xs, w, wide);
             let dy = values(y.len(), 3);
-            let dw = grad_weight(&g, &st, &xs, &dy);
+            let dw = grad_weight_with(g, st, xs, &dy, wide);
             let mut dw_naive = vec![0.0f64; w.len()];
             let [d, h, wd] = input;
             let [kd, kh, kw] = kernel;
@@ -474,14 +648,20 @@ mod tests {
                 }
             }
             // f32 sums of at most 4·49 products of values in [-0.5, 0.5].
-            assert!(worst < 1e-5, "case {g:?}: forward worst error {worst}");
+            assert!(
+                worst < 1e-5,
+                "case {g:?} (wide {wide}): forward worst error {worst}"
+            );
             // dW sums up to N·|out| ≤ 3·6³ products.
             let worst_dw = dw
                 .iter()
                 .zip(&dw_naive)
                 .map(|(&a, &b)| (f64::from(a) - b).abs())
                 .fold(0.0, f64::max);
-            assert!(worst_dw < 1e-4, "case {g:?}: dW worst error {worst_dw}");
+            assert!(
+                worst_dw < 1e-4,
+                "case {g:?} (wide {wide}): dW worst error {worst_dw}"
+            );
         }
     }
 }
