@@ -267,6 +267,16 @@ fn cases() -> Vec<Case> {
         // Tiny spatial size: one tile, parallel gemm; padding larger than the volume.
         Case::new([4, 8, 2, 2, 1], 16, 3, 1, 1),
         Case::new([3, 4, 1, 1, 1], 6, 3, 1, 2),
+        // Kernels that reach past the volume on every side, where some taps only ever meet
+        // padding: a 1³ volume with k3 p1 (the last ResNet layer on 32³ inputs), a 2³ volume
+        // with k3 s2 p1, one such axis among ordinary ones, a dilated kernel.
+        Case::new([2, 4, 1, 1, 1], 5, 3, 1, 1),
+        Case::new([2, 3, 2, 2, 2], 4, 3, 2, 1),
+        Case::new([1, 2, 1, 4, 3], 3, 3, 1, 1),
+        Case {
+            params: Conv3dParams::new(1, 2).with_dilation([2, 2, 2]),
+            ..Case::new([2, 2, 1, 1, 1], 3, 3, 1, 2)
+        },
     ]
 }
 
