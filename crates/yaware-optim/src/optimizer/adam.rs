@@ -413,7 +413,9 @@ macro_rules! adam_optimizer {
 
             /// Chooses the fused CPU kernel (the default; used for contiguous f32 / f64 CPU
             /// parameters) or the device-agnostic tensor-op path. Both give bit-identical
-            /// results; the fused kernel reads and writes each value once.
+            /// results, except that the fused kernel stores a moment below the smallest normal
+            /// number as zero (subnormal arithmetic is slow on Intel CPUs; see
+            /// `docs/PARITY.md`); it reads and writes each value once.
             pub fn set_fused(&mut self, fused: bool) {
                 self.0.fused = fused;
             }
