@@ -3,12 +3,14 @@
 //! sample, backward, and an Adam step over every parameter.
 //!
 //! Model: `Mlp(64 → 256 → 256)` encoder (ReLU between the layers), y-Aware head 256 → 512 → 128,
-//! batch 256, f32, Adam (the API page's defaults, lr 1e-4). PyTorch runs the same step in
-//! ≈ 27 ms on the reference machine.
+//! batch 256, f32, Adam (the API page's defaults, lr 1e-4).
 //!
 //! Second model: ResNet-18-3D encoder (in 1, n_embedding 512), head 512 → 512 → 128, batch 8 of
-//! `1×32³` volumes, f32, Adam, with the same parts (PyTorch: ≈ 1.06 s median per step). Ten
-//! samples, ~20 s of measurement per function.
+//! `1×32³` volumes, f32, Adam, with the same parts. Ten samples, ~20 s of measurement per
+//! function.
+//!
+//! PyTorch runs the same steps in `benches/compare/torch_bench.py` (figures in
+//! docs/PERFORMANCE.md).
 //!
 //! Threads: with candle's defaults the spinning element-wise pool competes with gemm's rayon
 //! threads; on few or busy cores `CANDLE_NUM_THREADS=1` halves the MLP step or better (see

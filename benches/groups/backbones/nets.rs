@@ -1,9 +1,11 @@
 //! Whole networks: ResNet-18-3D (in 1, n_embedding 512) on a batch of 8 volumes of 32³, f32,
 //! eval-mode forward and train-mode forward + backward. Throughput is in volumes per second.
-//! The PyTorch reference takes about 74 ms for the eval forward on this project's 2-core
-//! machine.
+//! PyTorch's figures on the same machine come from `benches/compare/torch_bench.py` (see
+//! docs/PERFORMANCE.md).
 
 use std::hint::black_box;
+
+use std::cell::OnceCell;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
@@ -20,24 +22,31 @@ pub(super) fn bench(c: &mut Criterion) {
     let dev = Device::Cpu;
     let mut group = c.benchmark_group("backbones");
     group.sample_size(10);
-    let varmap = VarMap::new();
-    let net = ResNet::new(ResNetConfig::resnet18(), &varmap, 0, DType::F32, &dev).unwrap();
-    let shape = (BATCH, 1, SIDE, SIDE, SIDE);
-    let x = Tensor::from_vec(normal_vec(11, BATCH * SIDE * SIDE * SIDE), shape, &dev).unwrap();
+    // Built on first use: ResNet-18 takes seconds to initialise, and criterion only runs the
+    // closures of the selected benchmarks.
+    let state: OnceCell<(ResNet, Tensor)> = OnceCell::new();
+    let init = || {
+        state.get_or_init(|| {
+            let varmap = VarMap::new();
+            let net = ResNet::new(ResNetConfig::resnet18(), &varmap, 0, DType::F32, &dev).unwrap();
+            let shape = (BATCH, 1, SIDE, SIDE, SIDE);
+            let n = BATCH * SIDE * SIDE * SIDE;
+            let x = Tensor::from_vec(normal_vec(11, n), shape, &dev).unwrap();
+            (net, x)
+        })
+    };
     let id = format!("b{BATCH}_1x{SIDE}^3_emb512");
     group.throughput(Throughput::Elements(BATCH as u64));
-    group.bench_with_input(BenchmarkId::new("resnet18_eval_fwd", &id), &x, |b, x| {
+    group.bench_function(BenchmarkId::new("resnet18_eval_fwd", &id), |b| {
+        let (net, x) = init();
         b.iter(|| black_box(net.forward_t(x, false).unwrap()))
     });
-    group.bench_with_input(
-        BenchmarkId::new("resnet18_train_fwd_bwd", &id),
-        &x,
-        |b, x| {
-            b.iter(|| {
-                let y = net.forward_t(x, true).unwrap();
-                black_box(y.sqr().unwrap().mean_all().unwrap().backward().unwrap())
-            })
-        },
-    );
+    group.bench_function(BenchmarkId::new("resnet18_train_fwd_bwd", &id), |b| {
+        let (net, x) = init();
+        b.iter(|| {
+            let y = net.forward_t(x, true).unwrap();
+            black_box(y.sqr().unwrap().mean_all().unwrap().backward().unwrap())
+        })
+    });
     group.finish();
 }
