@@ -89,6 +89,19 @@ pub(super) fn suits(g: &Geom, st: &Staging) -> bool {
             .is_some_and(|v| v < u32::MAX as usize)
 }
 
+/// Panics unless the CPU runs the requested micro-kernels (AVX2 + FMA, and AVX-512F when
+/// `wide`): the kernels' `unsafe` blocks rely on it.
+fn assert_isa(wide: bool) {
+    assert!(
+        available(),
+        "direct conv3d kernel called without AVX2 + FMA"
+    );
+    assert!(
+        !wide || wide_available(),
+        "AVX-512 kernel requested without AVX-512F"
+    );
+}
+
 /// Forward pass on the staged input `xs` (see [`Staging`]) with weights `w (C_out, K)`;
 /// returns `(N, C_out, oD, oH, oW)`. The caller checks [`suits`] first.
 pub(super) fn forward(g: &Geom, st: &Staging, xs: &[f32], w: &[f32]) -> Vec<f32> {
@@ -98,14 +111,7 @@ pub(super) fn forward(g: &Geom, st: &Staging, xs: &[f32], w: &[f32]) -> Vec<f32>
 /// [`forward`] with the micro-kernel chosen by the caller: pairs of channel blocks on the
 /// AVX-512 kernel when `wide`, else one block at a time on the AVX2 kernel.
 fn forward_with(g: &Geom, st: &Staging, xs: &[f32], w: &[f32], wide: bool) -> Vec<f32> {
-    assert!(
-        !wide || wide_available(),
-        "AVX-512 kernel requested without AVX-512F"
-    );
-    assert!(
-        available(),
-        "direct conv3d kernel called without AVX2 + FMA"
-    );
+    assert_isa(wide);
     let (c_out, s_n, kdim) = (g.c_out, g.out_vol(), g.kdim());
     let blocks = c_out.div_ceil(MR);
     // panels[b·K + k] = w[b·16 .. b·16 + 16, k], zero beyond C_out.
@@ -245,14 +251,7 @@ pub(super) fn grad_weight(g: &Geom, st: &Staging, xs: &[f32], dy: &[f32]) -> Vec
 
 /// [`grad_weight`] with the micro-kernel chosen by the caller (see [`forward_with`]).
 fn grad_weight_with(g: &Geom, st: &Staging, xs: &[f32], dy: &[f32], wide: bool) -> Vec<f32> {
-    assert!(
-        !wide || wide_available(),
-        "AVX-512 kernel requested without AVX-512F"
-    );
-    assert!(
-        available(),
-        "direct conv3d kernel called without AVX2 + FMA"
-    );
+    assert_isa(wide);
     let (c_out, s_n, kdim) = (g.c_out, g.out_vol(), g.kdim());
     let blocks = c_out.div_ceil(MR);
     let positions = g.positions();
