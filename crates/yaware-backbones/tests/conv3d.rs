@@ -277,6 +277,18 @@ fn cases() -> Vec<Case> {
             params: Conv3dParams::new(1, 2).with_dilation([2, 2, 2]),
             ..Case::new([2, 2, 1, 1, 1], 3, 3, 1, 2)
         },
+        // Only the middle tap meets the volume, but cutting the kernel to it would need a
+        // negative padding (dilation 2 > padding 1): the full kernel runs.
+        Case {
+            params: Conv3dParams::new(1, 1).with_dilation([2, 2, 2]),
+            ..Case::new([1, 2, 3, 3, 3], 3, 3, 1, 1)
+        },
+        // Tiny volumes with enough output channels for the gemm rows to be split over the
+        // threads: one live tap (1³), and every tap live (2³).
+        Case::new([2, 6, 1, 1, 1], 40, 3, 1, 1),
+        Case::new([2, 3, 2, 2, 2], 40, 3, 1, 1),
+        // A kernel cut on two axes of three, with stride 2.
+        Case::new([2, 3, 1, 1, 4], 36, 3, 2, 1),
     ]
 }
 
@@ -290,7 +302,7 @@ fn matches_naive_forward_and_gradients() {
 #[test]
 fn matches_naive_with_one_and_three_threads() {
     // The tiling depends on the thread count (groups of tiles, round sizes, parallel gemm).
-    let picks = [0, 1, 3, 7, 10, 11, 12, 13];
+    let picks = [0, 1, 3, 7, 10, 11, 12, 13, 15, 19, 20, 21, 22];
     for threads in [1, 3] {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)

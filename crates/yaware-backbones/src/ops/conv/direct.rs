@@ -28,8 +28,11 @@ const MR: usize = 16;
 const NR: usize = 6;
 /// Output positions per parallel task.
 const CHUNK: usize = NR * 16;
+/// Fewest chunks of output positions for the direct forward pass: below that (e.g. 512
+/// positions, layer2 of ResNet-18 on 32³ inputs) im2col + `gemm` measured faster.
+const MIN_FORWARD_CHUNKS: usize = 8;
 /// Rows of the column matrix per slice of the forward's reduction (16 KiB of packed weights).
-const KC: usize = 256;
+const KC: usize = 128;
 
 /// 16 packed weights of one column-matrix row, on one cache line.
 #[derive(Clone, Copy)]
@@ -87,6 +90,12 @@ pub(super) fn suits(g: &Geom, st: &Staging) -> bool {
         && g.c_in
             .checked_mul(st.vol)
             .is_some_and(|v| v < u32::MAX as usize)
+}
+
+/// Whether the forward pass should run on the direct kernel: [`suits`] and at least
+/// `MIN_FORWARD_CHUNKS` chunks of output positions.
+pub(super) fn preferred_forward(g: &Geom, st: &Staging) -> bool {
+    suits(g, st) && g.positions() >= MIN_FORWARD_CHUNKS * CHUNK
 }
 
 /// Panics unless the CPU runs the requested micro-kernels (AVX2 + FMA, and AVX-512F when

@@ -6,7 +6,7 @@
 //! columns, row-major) of the input values each output position sees; the forward pass is then
 //! `(C_out, K) · (K, T)`. Tiles are spread over the rayon threads in contiguous groups, each with
 //! its own buffers and a single-threaded `gemm`; when the whole problem is one small tile (tiny
-//! volumes) the `gemm` itself runs in parallel.
+//! volumes) the rows of its `gemm` are split over the threads instead.
 //!
 //! im2col reads a staged copy of the input ([`Staging`]: zero-padded, W split into stride
 //! phases), so that every (row, output row) pair is one contiguous copy with no bounds tests.
@@ -51,7 +51,8 @@ impl Float for f32 {
     const ONE: Self = 1.0;
 
     fn direct_forward(g: &Geom, st: &Staging, xs: &[Self], w: &[Self]) -> Option<Vec<Self>> {
-        (direct::enabled() && direct::suits(g, st)).then(|| direct::forward(g, st, xs, w))
+        (direct::enabled() && direct::preferred_forward(g, st))
+            .then(|| direct::forward(g, st, xs, w))
     }
 
     fn direct_grad_weight(g: &Geom, st: &Staging, xs: &[Self], dy: &[Self]) -> Option<Vec<Self>> {
@@ -427,8 +428,16 @@ impl<T> SendPtr<T> {
     }
 }
 
+/// Rows of the destination per parallel `gemm` call are a multiple of this (the micro-kernels'
+/// row block).
+const ROW_BLOCK: usize = 16;
+
 /// `dst (m, n) = [dst +] lhs (m, k) · rhs (k, n)` with a row-major destination of row stride
 /// `dst_rs`, and the operands given by (column, row) strides.
+///
+/// With `Parallelism::Rayon(t)` the rows are split into `t` bands, one single-threaded `gemm`
+/// each: this is only asked for on small problems (a few output positions, so `n` is small),
+/// where `gemm`'s own split leaves a thread idle while the other streams the whole `lhs`.
 ///
 /// # Safety
 /// Every pointer must be valid for the elements its strides and sizes address, and `dst`
@@ -445,6 +454,36 @@ unsafe fn gemm_into<T: Float>(
     [rhs_cs, rhs_rs]: [usize; 2],
     par: Parallelism,
 ) {
+    if let Parallelism::Rayon(threads) = par
+        && threads > 1
+        && m >= 2 * ROW_BLOCK
+    {
+        let band = m.div_ceil(threads).next_multiple_of(ROW_BLOCK);
+        let (dst, lhs, rhs) = (
+            SendPtr(dst),
+            SendPtr(lhs.cast_mut()),
+            SendPtr(rhs.cast_mut()),
+        );
+        (0..m.div_ceil(band)).into_par_iter().for_each(|i| {
+            let rows = i * band..((i + 1) * band).min(m);
+            // SAFETY: each band addresses its own rows of `dst` and `lhs`, inside the
+            // caller's ranges.
+            unsafe {
+                gemm_into(
+                    [rows.len(), n, k],
+                    dst.get().add(rows.start * dst_rs),
+                    dst_rs,
+                    accumulate,
+                    lhs.get().add(rows.start * lhs_rs).cast_const(),
+                    [lhs_cs, lhs_rs],
+                    rhs.get().cast_const(),
+                    [rhs_cs, rhs_rs],
+                    Parallelism::None,
+                )
+            }
+        });
+        return;
+    }
     // SAFETY: forwarded from the caller.
     unsafe {
         gemm::gemm(

@@ -5,6 +5,10 @@
 //! (`direct.rs`), which reads the padded input in place of an im2col copy; set the environment
 //! variable `YAWARE_CONV3D_IM2COL=1` to force im2col + gemm (to compare both).
 //!
+//! Kernel taps that only ever read padding (a 3³ kernel on a 1³ volume) are cut before any
+//! kernel runs (`live.rs`): the op then runs on the kept taps only, with a zero weight gradient
+//! for the others.
+//!
 //! The op is a `candle_core::CustomOp2` on `(x, w)`. Its backward pass calls two helper ops
 //! without autograd: the weight gradient (`dY · colᵀ`, accumulated per thread) when `w` is
 //! tracked, and the input gradient when `params.input_grad` is set and `x` is tracked (for
@@ -15,6 +19,7 @@
 mod direct;
 mod grouped;
 mod kernels;
+mod live;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Shape, Tensor};
@@ -265,6 +270,14 @@ enum Kind {
 
 impl Kind {
     fn run<T: Float>(self, g: &Geom, a: &[T], b: &[T]) -> Vec<T> {
+        if let Some(nr) = live::Narrowed::new(g) {
+            let ng = &nr.geom;
+            return match self {
+                Self::Forward => kernels::forward(ng, a, &nr.pack(b)),
+                Self::GradWeight => nr.unpack(&kernels::grad_weight(ng, a, b)),
+                Self::GradInput => kernels::grad_input(ng, a, &nr.pack(b)),
+            };
+        }
         match self {
             Self::Forward => kernels::forward(g, a, b),
             Self::GradWeight => kernels::grad_weight(g, a, b),
