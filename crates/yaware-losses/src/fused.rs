@@ -10,19 +10,18 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::logits::{DIAGONAL_MASK, NORMALIZE_EPS};
-use crate::yaware::WeightNormalization;
 
 /// Which entries of each row are positives, and with which weight.
 #[derive(Debug, Clone)]
 pub(crate) enum Targets {
     /// Plain InfoNCE: row `a`'s positive is the other view of the same sample, weight 1.
     Pairs,
-    /// y-Aware: `W̃_ab` from the `N × N` kernel block `K` (tiled over the views, zero diagonal)
-    /// and the row sums `r` of the tiled matrix.
+    /// y-Aware: `W̃_ab = weights[a % N][b % N]` for `b ≠ a` (0 on the diagonal): the
+    /// normalised `N × N` block that repeats in the tiled `2N × 2N` matrix.
     Kernel {
-        block: Vec<f64>,
-        row_sums: Vec<f64>,
-        normalization: WeightNormalization,
+        /// `K_ij / r_j` (column normalisation) or `K_ij / r_i` (row normalisation), `r` the
+        /// row sums of the tiled matrix with a zero diagonal (equal in both halves).
+        weights: Vec<f64>,
     },
 }
 
@@ -42,24 +41,16 @@ impl Targets {
     fn for_row(&self, a: usize, n: usize, mut f: impl FnMut(usize, f64)) {
         match self {
             Targets::Pairs => f((a + n) % (2 * n), 1.0),
-            Targets::Kernel {
-                block,
-                row_sums,
-                normalization,
-            } => {
-                let k = &block[(a % n) * n..(a % n + 1) * n];
-                // Both views of sample j have the weight K[a % n][j]; no modulo in the loop.
-                for (half, sums) in row_sums.chunks_exact(n).enumerate() {
-                    for (j, (&w, &r_b)) in k.iter().zip(sums).enumerate() {
-                        let b = half * n + j;
-                        if b == a {
-                            continue;
+            Targets::Kernel { weights } => {
+                // Both views of sample j have the weight of column j of row a % n; the
+                // diagonal entry a is skipped.
+                let k = &weights[(a % n) * n..(a % n + 1) * n];
+                for half in 0..2 {
+                    let skip = if a / n == half { a % n } else { n };
+                    for (j, &w) in k.iter().enumerate() {
+                        if j != skip {
+                            f(half * n + j, w);
                         }
-                        let w = match normalization {
-                            WeightNormalization::Column => w / r_b,
-                            WeightNormalization::Row => w / row_sums[a],
-                        };
-                        f(b, w);
                     }
                 }
             }

@@ -321,24 +321,25 @@ impl YAwareInfoNce {
         }
     }
 
-    /// The weights of the labelled loss: the kernel block of `y` and the row sums of the tiled
-    /// `[[K, K], [K, K]]` matrix with a zero diagonal.
+    /// The weights of the labelled loss: the kernel block `K` of `y` divided by the row sums
+    /// `r` of the tiled `[[K, K], [K, K]]` matrix with a zero diagonal (by column or by row).
     fn targets(&self, labels: &Labels) -> Result<Targets> {
         let metric = self.fitted_metric(labels)?;
         let n = labels.n;
-        let block = metric.kernel_block(labels)?;
-        // Row a of the tiled matrix holds K[a % n] twice, minus its diagonal entry.
-        let half: Vec<f64> = block
+        let mut weights = metric.kernel_block(labels)?;
+        // Row a of the tiled matrix holds K[a % n] twice, minus its diagonal entry; the matrix
+        // is symmetric, so its column sums are the same.
+        let sums: Vec<f64> = weights
             .chunks_exact(n)
             .enumerate()
             .map(|(i, k)| 2.0 * k.iter().sum::<f64>() - k[i])
             .collect();
-        let row_sums = [half.as_slice(), half.as_slice()].concat();
-        Ok(Targets::Kernel {
-            block,
-            row_sums,
-            normalization: self.normalization,
-        })
+        let normalize = |(i, row): (usize, &mut [f64])| match self.normalization {
+            WeightNormalization::Column => row.iter_mut().zip(&sums).for_each(|(w, r)| *w /= r),
+            WeightNormalization::Row => row.iter_mut().for_each(|w| *w /= sums[i]),
+        };
+        weights.chunks_exact_mut(n).enumerate().for_each(normalize);
+        Ok(Targets::Kernel { weights })
     }
 }
 
