@@ -400,6 +400,9 @@ fn moments<T: Real>(x: &[T], (n, c, s): (usize, usize, usize), ch: usize) -> (f6
     (shift + m, (sq / count - m * m).max(0.0))
 }
 
+/// Fewest values per parallel task of the eval-mode forward pass.
+const MIN_TASK: usize = 1 << 14;
+
 /// The forward pass, one task per channel (its statistics, in train mode, then its output
 /// while its values are still in cache). Returns the output and each channel's (mean, biased
 /// variance).
@@ -414,6 +417,43 @@ fn forward_kernel<T: Real>(
     let (n, c, s) = ncs;
     let zero = T::from_f64(0.0);
     let mut out = vec![zero; x.len()];
+    if let Some(st) = fixed
+        && s > 0
+    {
+        // Fixed statistics: no pass per channel is needed, so the work is split over planes
+        // in blocks of at least `MIN_TASK` values (deep layers have many tiny planes).
+        let coef: Vec<(T, T, T)> = (0..c)
+            .map(|ch| {
+                let a = gamma[ch].to_f64() / (st.var[ch] + EPS).sqrt();
+                (T::from_f64(st.mean[ch]), T::from_f64(a), beta[ch])
+            })
+            .collect();
+        out.par_chunks_mut(s)
+            .zip(x.par_chunks(s))
+            .enumerate()
+            .with_min_len(MIN_TASK.div_ceil(s))
+            .for_each(|(plane, (out, x))| {
+                let (m, a, b) = coef[plane % c];
+                if relu {
+                    for (o, &v) in out.iter_mut().zip(x) {
+                        let y = (v - m) * a + b;
+                        *o = T::pick(y < zero, zero, y);
+                    }
+                } else {
+                    for (o, &v) in out.iter_mut().zip(x) {
+                        *o = (v - m) * a + b;
+                    }
+                }
+            });
+        return (
+            out,
+            st.mean
+                .iter()
+                .copied()
+                .zip(st.var.iter().copied())
+                .collect(),
+        );
+    }
     let stats = planes_by_channel(&mut out, c, s)
         .into_par_iter()
         .enumerate()
