@@ -261,29 +261,6 @@ fn scalar_storage(v: f64, dtype: DType) -> CpuStorage {
     }
 }
 
-/// `G + Gᵀ` (row-major `m × m`), by blocks of rows in parallel and cache-sized tiles.
-fn symmetrized<T: Copy + Send + Sync + Default + std::ops::Add<Output = T>>(
-    g: &[T],
-    m: usize,
-) -> Vec<T> {
-    const TILE: usize = 64;
-    let mut out = vec![T::default(); m * m];
-    out.par_chunks_mut(TILE * m)
-        .enumerate()
-        .for_each(|(bi, rows)| {
-            let i0 = bi * TILE;
-            for j0 in (0..m).step_by(TILE) {
-                for (di, row) in rows.chunks_exact_mut(m).enumerate() {
-                    let i = i0 + di;
-                    for j in j0..(j0 + TILE).min(m) {
-                        row[j] = g[i * m + j] + g[j * m + i];
-                    }
-                }
-            }
-        });
-    out
-}
-
 /// The number of threads candle gives its matmuls, read once (candle reads
 /// `/proc/cpuinfo` on every call).
 fn threads() -> usize {
@@ -295,12 +272,29 @@ fn threads() -> usize {
 /// (column, row) strides: the very `gemm` call of candle's CPU matmul (same results), without
 /// copying the operands into tensors and the product out of one.
 fn matmul<T: candle_core::WithDType>(
+    dims: [usize; 3],
+    lhs: &[T],
+    lhs_strides: [usize; 2],
+    rhs: &[T],
+    rhs_strides: [usize; 2],
+) -> Vec<T> {
+    let [m, n, _] = dims;
+    let mut dst = vec![T::zero(); m * n];
+    matmul_into(&mut dst, false, dims, lhs, lhs_strides, rhs, rhs_strides);
+    dst
+}
+
+/// `dst (m, n) = [dst +] lhs (m, k) · rhs (k, n)`, `dst` row-major, the operands given by
+/// their (column, row) strides.
+fn matmul_into<T: candle_core::WithDType>(
+    dst: &mut [T],
+    accumulate: bool,
     [m, n, k]: [usize; 3],
     lhs: &[T],
     [lhs_cs, lhs_rs]: [usize; 2],
     rhs: &[T],
     [rhs_cs, rhs_rs]: [usize; 2],
-) -> Vec<T> {
+) {
     let span = |rows: usize, cols: usize, cs: usize, rs: usize| {
         if rows == 0 || cols == 0 {
             0
@@ -316,16 +310,16 @@ fn matmul<T: candle_core::WithDType>(
         rhs.len() >= span(k, n, rhs_cs, rhs_rs),
         "contrastive-loss: rhs too small"
     );
-    let mut dst = vec![T::zero(); m * n];
+    assert_eq!(dst.len(), m * n, "contrastive-loss: dst size");
     if m == 0 || n == 0 {
-        return dst;
+        return;
     }
     let parallelism = match threads() {
         1 => gemm::Parallelism::None,
         t => gemm::Parallelism::Rayon(t),
     };
     // SAFETY: the asserts keep every element the strides address inside its slice, and `dst`
-    // is a fresh buffer of `m × n` elements that overlaps neither operand.
+    // is an exclusive `m × n` buffer, so it overlaps neither operand.
     unsafe {
         gemm::gemm(
             m,
@@ -334,14 +328,14 @@ fn matmul<T: candle_core::WithDType>(
             dst.as_mut_ptr(),
             1,
             n as isize,
-            false,
+            accumulate,
             lhs.as_ptr(),
             lhs_cs as isize,
             lhs_rs as isize,
             rhs.as_ptr(),
             rhs_cs as isize,
             rhs_rs as isize,
-            T::zero(),
+            if accumulate { T::one() } else { T::zero() },
             T::one(),
             false,
             false,
@@ -349,7 +343,6 @@ fn matmul<T: candle_core::WithDType>(
             parallelism,
         );
     }
-    dst
 }
 
 /// `a · aᵀ` (`m × m`) for row-major `a` (`m × d`).
@@ -405,10 +398,9 @@ impl CustomOp1 for ContrastiveLoss {
             ($zhat:expr, $probs:expr, $grad_sim:ident, $grad_z:ident) => {{
                 let m = $zhat.len() / d.max(1);
                 let g = $grad_sim(self, $probs, upstream);
-                // S = ẑẑᵀ: dL/dẑ = (G + Gᵀ) ẑ.
-                let h = symmetrized(&g, m);
-                drop(g);
-                let dzhat = matmul([m, d, m], &h, [1, m], $zhat, [1, d]);
+                // S = ẑẑᵀ: dL/dẑ = (G + Gᵀ) ẑ = Gẑ + Gᵀẑ (two products, no transposed copy).
+                let mut dzhat = matmul([m, d, m], &g, [1, m], $zhat, [1, d]);
+                matmul_into(&mut dzhat, true, [m, d, m], &g, [m, 1], $zhat, [1, d]);
                 let dz = $grad_z($zhat, &dzhat, &norms, d);
                 Tensor::from_vec(dz, (m, d), arg.device())?
             }};
