@@ -345,8 +345,10 @@ struct Plan {
 const TILE_MAX: usize = 512;
 /// Smallest tile worth giving a thread of its own.
 const TILE_MIN: usize = 64;
-/// Cap on the elements of one column buffer (`K·T`), to bound memory for very deep layers.
-const COL_MAX_ELEMS: usize = 1 << 22;
+/// Cap on the elements of one column buffer (`K·T`): 1 MiB of f32, half of a core's L2, so
+/// that `gemm` streams its operand from L2 (measured on layer2 of ResNet-18 at 4³, 512
+/// positions: 2.0 → 1.8 ms against 16 MiB buffers).
+const COL_MAX_ELEMS: usize = 1 << 18;
 
 impl Plan {
     fn new(g: &Geom) -> Self {
