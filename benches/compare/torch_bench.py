@@ -1,7 +1,7 @@
 """PyTorch timings of the yaware-rs bench workloads (same shapes and steps) on this machine.
 
-Usage: `python3 benches/compare/torch_bench.py [resnet_eval resnet_train_fwd_bwd resnet_step
-mlp_step loss adamw]` (default: resnet_eval resnet_step mlp_step). Needs torch and numpy;
+Usage: `python3 benches/compare/torch_bench.py [resnet_eval resnet_stages resnet_train_fwd_bwd
+resnet_step mlp_step loss adamw]` (default: resnet_eval resnet_step mlp_step). Needs torch and numpy;
 2 threads, medians of repeated runs, as criterion reports medians.
 """
 import time, statistics, sys
@@ -86,6 +86,18 @@ if "resnet_eval" in which:
     with torch.no_grad():
         med, best = timeit(lambda: net(x), 30)
     print(f"resnet18_eval_fwd b8x1x32^3: median {med*1e3:.1f} ms, best {best*1e3:.1f} ms")
+if "resnet_stages" in which:
+    # The eval forward cut after the stem and after each layer, as the yaware-rs benchmarks
+    # backbones/resnet18_trunc_eval_fwd/depth{0..4}: consecutive differences give each stage.
+    net = ResNet18().eval()
+    x = torch.randn(8, 1, 32, 32, 32)
+    stem = lambda t: net.pool(F.relu(net.bn1(net.conv1(t))))
+    for depth in range(5):
+        blocks = net.layers[: 2 * depth]
+        with torch.no_grad():
+            med, best = timeit(lambda: blocks(stem(x)), 30)
+        cut = f"layer{depth}" if depth else "the stem"
+        print(f"resnet18 eval cut after {cut}: median {med*1e3:.1f} ms, best {best*1e3:.1f} ms")
 if "resnet_train_fwd_bwd" in which:
     net = ResNet18().train()
     x = torch.randn(8, 1, 32, 32, 32)

@@ -1,5 +1,7 @@
 //! Whole networks: ResNet-18-3D (in 1, n_embedding 512) on a batch of 8 volumes of 32³, f32,
-//! eval-mode forward and train-mode forward + backward. Throughput is in volumes per second.
+//! eval-mode forward and train-mode forward + backward, and the eval forward of the network
+//! truncated after the stem and after each layer (per-stage split). Throughput is in volumes
+//! per second.
 //! PyTorch's figures on the same machine come from `benches/compare/torch_bench.py` (see
 //! docs/PERFORMANCE.md).
 
@@ -10,7 +12,7 @@ use std::cell::OnceCell;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use criterion::{BenchmarkId, Criterion, Throughput};
-use yaware_backbones::{Backbone, ResNet, ResNetConfig};
+use yaware_backbones::{Backbone, ResNet, ResNetConfig, ResNetTruncated};
 
 use super::super::normal_vec;
 
@@ -48,5 +50,31 @@ pub(super) fn bench(c: &mut Criterion) {
             black_box(y.sqr().unwrap().mean_all().unwrap().backward().unwrap())
         })
     });
+    // The eval forward cut after the stem (depth 0) and after each layer: the differences
+    // between consecutive depths split the whole forward by stage (`torch_bench.py
+    // resnet_stages` times PyTorch's stages the same way).
+    let x = OnceCell::new();
+    for depth in 0..=4 {
+        let trunc: OnceCell<ResNetTruncated> = OnceCell::new();
+        group.bench_function(
+            BenchmarkId::new(
+                "resnet18_trunc_eval_fwd",
+                format!("depth{depth}_b{BATCH}_1x{SIDE}^3"),
+            ),
+            |b| {
+                let x = x.get_or_init(|| {
+                    let n = BATCH * SIDE * SIDE * SIDE;
+                    let shape = (BATCH, 1, SIDE, SIDE, SIDE);
+                    Tensor::from_vec(normal_vec(11, n), shape, &dev).unwrap()
+                });
+                let net = trunc.get_or_init(|| {
+                    let varmap = VarMap::new();
+                    let config = ResNetConfig::resnet18();
+                    ResNetTruncated::new(config, depth, &varmap, 0, DType::F32, &dev).unwrap()
+                });
+                b.iter(|| black_box(net.forward_t(x, false).unwrap()))
+            },
+        );
+    }
     group.finish();
 }

@@ -364,6 +364,46 @@ fn finite_differences() {
 }
 
 #[test]
+fn taps_that_only_read_padding_are_cut() {
+    // A 3³ kernel with padding 1 on 1³ volumes: only the middle tap (13) meets the input. A
+    // NaN weight at another tap is never multiplied (PyTorch would give NaN, see PARITY), and
+    // every cut tap gets an exact zero gradient.
+    let dev = Device::Cpu;
+    let (n, c_in, c_out) = (2, 3, 4);
+    let mut wv = values(5, c_out * c_in * 27);
+    wv[0] = f64::NAN;
+    let xv = values(6, n * c_in);
+    let x = Tensor::from_vec(xv.clone(), (n, c_in, 1, 1, 1), &dev).unwrap();
+    let w = Var::from_tensor(&Tensor::from_vec(wv.clone(), (c_out, c_in, 3, 3, 3), &dev).unwrap())
+        .unwrap();
+    let y = conv3d(&x, w.as_tensor(), &Conv3dParams::new(1, 1)).unwrap();
+    let got = y.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    for b in 0..n {
+        for co in 0..c_out {
+            let want: f64 = (0..c_in)
+                .map(|ci| wv[(co * c_in + ci) * 27 + 13] * xv[b * c_in + ci])
+                .sum();
+            let v = got[b * c_out + co];
+            assert!(v.is_finite() && (v - want).abs() <= 1e-12, "{v} vs {want}");
+        }
+    }
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    let dw = grads
+        .get(&w)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f64>();
+    for (i, g) in dw.unwrap().into_iter().enumerate() {
+        if i % 27 == 13 {
+            assert!(g != 0.0, "live tap {i} has no gradient");
+        } else {
+            assert_eq!(g, 0.0, "cut tap {i}");
+        }
+    }
+}
+
+#[test]
 fn input_grad_false_skips_only_the_input_gradient() {
     let case = Case::new([2, 1, 12, 11, 10], 4, 7, 2, 3);
     let [x, w, dy] = inputs(&case, 5);
