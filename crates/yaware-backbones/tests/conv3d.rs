@@ -300,6 +300,49 @@ fn matches_naive_forward_and_gradients() {
 }
 
 #[test]
+fn random_small_geometries_match_naive() {
+    // Tiny volumes with every combination of kernel reach, stride, padding and dilation drawn
+    // at random: the paths for small problems (kernel taps cut when they only read padding,
+    // gemm rows split over the threads, one tile) against the naive loops.
+    let mut state = 0x5EED_u64;
+    let mut next = |n: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as usize) % n
+    };
+    let mut checked = 0;
+    while checked < 60 {
+        let x = [
+            1 + next(3),
+            1 + next(4),
+            1 + next(4),
+            1 + next(4),
+            1 + next(4),
+        ];
+        let kernel = [1 + next(3), 1 + next(3), 1 + next(3)];
+        let params = Conv3dParams::default()
+            .with_stride([1 + next(2), 1 + next(2), 1 + next(2)])
+            .with_padding([next(3), next(3), next(3)])
+            .with_dilation([1 + next(2), 1 + next(2), 1 + next(2)]);
+        let case = Case {
+            x,
+            c_out: 1 + next(40),
+            kernel,
+            params,
+        };
+        // Skip draws whose dilated kernel does not fit the padded volume.
+        let fits =
+            (0..3).all(|a| params.dilation[a] * (kernel[a] - 1) < x[2 + a] + 2 * params.padding[a]);
+        if !fits {
+            continue;
+        }
+        check_case(&case, 1000 + checked);
+        checked += 1;
+    }
+}
+
+#[test]
 fn matches_naive_with_one_and_three_threads() {
     // The tiling depends on the thread count (groups of tiles, round sizes, parallel gemm).
     let picks = [0, 1, 3, 7, 10, 11, 12, 13, 15, 19, 20, 21, 22];
