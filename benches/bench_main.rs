@@ -9,6 +9,7 @@ mod groups;
 
 criterion_group!(
     benches,
+    groups::machine::bench,
     groups::losses::bench,
     groups::optim::bench,
     groups::data::bench,

@@ -3,6 +3,7 @@
 pub(crate) mod backbones;
 pub(crate) mod data;
 pub(crate) mod losses;
+pub(crate) mod machine;
 pub(crate) mod optim;
 pub(crate) mod train_step;
 
