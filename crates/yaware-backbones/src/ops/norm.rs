@@ -3,7 +3,8 @@
 //! On the CPU the whole layer (statistics, normalisation, affine map and optionally the ReLU)
 //! is one `CustomOp3(x, γ, β)` whose forward makes one pass for the statistics and one for the
 //! output, and whose backward makes two passes (per-channel sums, then `dx`). Both run one
-//! rayon task per channel, whose second pass re-reads the channel while it is still in cache.
+//! rayon task per channel, whose second pass re-reads the channel while it is still in cache
+//! (in eval mode the forward needs no statistics pass and splits the work over planes).
 //! f32 inputs accumulate statistics in f64. Other devices use composed candle ops (same
 //! results, autograd from candle).
 
@@ -403,9 +404,9 @@ fn moments<T: Real>(x: &[T], (n, c, s): (usize, usize, usize), ch: usize) -> (f6
 /// Fewest values per parallel task of the eval-mode forward pass.
 const MIN_TASK: usize = 1 << 14;
 
-/// The forward pass, one task per channel (its statistics, in train mode, then its output
-/// while its values are still in cache). Returns the output and each channel's (mean, biased
-/// variance).
+/// The forward pass. In train mode one task per channel (its statistics, then its output
+/// while its values are still in cache); with fixed statistics (eval mode) tasks of whole
+/// planes. Returns the output and each channel's (mean, biased variance).
 fn forward_kernel<T: Real>(
     x: &[T],
     gamma: &[T],
