@@ -77,35 +77,26 @@ impl Narrowed {
         })
     }
 
-    /// Taps of the full and of the narrowed kernel.
-    fn taps(&self) -> (usize, usize) {
-        (
-            self.kernel.iter().product(),
-            self.geom.kernel.iter().product(),
-        )
-    }
-
-    /// Calls `f(full tap index, narrowed tap index)` for every kept tap.
-    fn for_each_tap(&self, mut f: impl FnMut(usize, usize)) {
+    /// The number of taps of the full kernel, and the full-kernel index of every kept tap in
+    /// the narrowed kernel's order.
+    fn kept_taps(&self) -> (usize, Vec<usize>) {
         let [_, kh, kw] = self.kernel;
         let [nd, nh, nw] = self.geom.kernel;
-        let mut t = 0;
+        let mut map = Vec::with_capacity(nd * nh * nw);
         for d in 0..nd {
             for h in 0..nh {
                 for w in 0..nw {
-                    let full = ((d + self.lo[0]) * kh + h + self.lo[1]) * kw + w + self.lo[2];
-                    f(full, t);
-                    t += 1;
+                    map.push(((d + self.lo[0]) * kh + h + self.lo[1]) * kw + w + self.lo[2]);
                 }
             }
         }
+        (self.kernel.iter().product(), map)
     }
 
     /// The kept taps of a full weight `(C_out, C_in, k…)`, as a weight of the narrowed kernel.
     pub(super) fn pack<T: Float>(&self, w: &[T]) -> Vec<T> {
-        let (full, kept) = self.taps();
-        let mut map = Vec::with_capacity(kept);
-        self.for_each_tap(|f, _| map.push(f));
+        let (full, map) = self.kept_taps();
+        let kept = map.len();
         let mut out = vec![T::ZERO; w.len() / full * kept];
         out.par_chunks_mut(kept * 64)
             .zip(w.par_chunks(full * 64))
@@ -121,9 +112,8 @@ impl Narrowed {
 
     /// A narrowed weight gradient spread back over the full kernel, zero at the dead taps.
     pub(super) fn unpack<T: Float>(&self, dw: &[T]) -> Vec<T> {
-        let (full, kept) = self.taps();
-        let mut map = Vec::with_capacity(kept);
-        self.for_each_tap(|f, _| map.push(f));
+        let (full, map) = self.kept_taps();
+        let kept = map.len();
         let mut out = vec![T::ZERO; dw.len() / kept * full];
         out.par_chunks_mut(full * 64)
             .zip(dw.par_chunks(kept * 64))
