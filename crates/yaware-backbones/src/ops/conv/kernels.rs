@@ -166,7 +166,7 @@ impl Staging {
 
     /// Offset, inside one `(n, c)` volume, of the value kernel tap `(kd, kh, kw)` sees for the
     /// output position `(0, 0, 0)`.
-    fn tap(&self, g: &Geom, kd: usize, kh: usize, kw: usize) -> usize {
+    pub(super) fn tap(&self, g: &Geom, kd: usize, kh: usize, kw: usize) -> usize {
         let [dd, dh, dw] = g.dilation;
         self.at(kd * dd, kh * dh, kw * dw)
     }
