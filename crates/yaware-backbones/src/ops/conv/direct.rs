@@ -697,6 +697,32 @@ mod tests {
             .collect()
     }
 
+    /// The geometry of a convolution, its output size computed as PyTorch does.
+    fn geom(
+        n: usize,
+        [c_in, c_out]: [usize; 2],
+        input: [usize; 3],
+        kernel: [usize; 3],
+        stride: [usize; 3],
+        padding: [usize; 3],
+        dilation: [usize; 3],
+    ) -> Geom {
+        let output: [usize; 3] = std::array::from_fn(|a| {
+            (input[a] + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1) / stride[a] + 1
+        });
+        Geom {
+            n,
+            c_in,
+            c_out,
+            input,
+            kernel,
+            output,
+            stride,
+            padding,
+            dilation,
+        }
+    }
+
     /// The direct forward and weight-gradient kernels against a naive direct convolution in
     /// f64, on geometries with odd sizes, channel counts that are not multiples of 16 (or of 6
     /// weight rows), strides, padding and dilation.
@@ -705,76 +731,19 @@ mod tests {
         if !available() {
             return;
         }
+        #[rustfmt::skip]
         let cases = [
             // (n, c_in, c_out, input, kernel, stride, padding, dilation)
-            (
-                2,
-                3,
-                20,
-                [7, 9, 11],
-                [3, 3, 3],
-                [1, 1, 1],
-                [1, 1, 1],
-                [1, 1, 1],
-            ),
-            (
-                2,
-                2,
-                16,
-                [13, 12, 15],
-                [3, 2, 3],
-                [2, 2, 2],
-                [1, 0, 1],
-                [1, 1, 1],
-            ),
-            (
-                3,
-                1,
-                8,
-                [11, 10, 9],
-                [7, 7, 7],
-                [2, 2, 2],
-                [3, 3, 3],
-                [1, 1, 1],
-            ),
-            (
-                3,
-                4,
-                33,
-                [8, 7, 9],
-                [3, 3, 3],
-                [1, 2, 3],
-                [2, 1, 0],
-                [2, 1, 1],
-            ),
+            (2, 3, 20, [7, 9, 11], [3, 3, 3], [1, 1, 1], [1, 1, 1], [1, 1, 1]),
+            (2, 2, 16, [13, 12, 15], [3, 2, 3], [2, 2, 2], [1, 0, 1], [1, 1, 1]),
+            (3, 1, 8, [11, 10, 9], [7, 7, 7], [2, 2, 2], [3, 3, 3], [1, 1, 1]),
+            (3, 4, 33, [8, 7, 9], [3, 3, 3], [1, 2, 3], [2, 1, 0], [2, 1, 1]),
             // Padding wider than the kernel's reach: the border positions read only padding
             // (empty tap boxes, zero outputs), short rows split by W class.
-            (
-                2,
-                3,
-                17,
-                [3, 4, 3],
-                [3, 2, 3],
-                [1, 1, 1],
-                [3, 2, 3],
-                [1, 1, 1],
-            ),
+            (2, 3, 17, [3, 4, 3], [3, 2, 3], [1, 1, 1], [3, 2, 3], [1, 1, 1]),
         ];
         for (n, c_in, c_out, input, kernel, stride, padding, dilation) in cases {
-            let output: [usize; 3] = std::array::from_fn(|a| {
-                (input[a] + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1) / stride[a] + 1
-            });
-            let g = Geom {
-                n,
-                c_in,
-                c_out,
-                input,
-                kernel,
-                output,
-                stride,
-                padding,
-                dilation,
-            };
+            let g = geom(n, [c_in, c_out], input, kernel, stride, padding, dilation);
             let st = Staging::new(&g);
             assert!(suits(&g, &st), "case {g:?} too small for the direct kernel");
             let x = values(n * c_in * g.in_vol(), 1);
@@ -834,20 +803,8 @@ mod tests {
             ([9, 5, 14], [3, 2, 3], [2, 1, 3], [2, 1, 1], [2, 1, 1]),
         ];
         for (input, kernel, stride, padding, dilation) in geoms {
-            let output: [usize; 3] = std::array::from_fn(|a| {
-                (input[a] + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1) / stride[a] + 1
-            });
-            let g = Geom {
-                n: 3,
-                c_in: 1,
-                c_out: 16,
-                input,
-                kernel,
-                output,
-                stride,
-                padding,
-                dilation,
-            };
+            let g = geom(3, [1, 16], input, kernel, stride, padding, dilation);
+            let output = g.output;
             let plan = TapPlan::new(&g);
             let mut seen = vec![false; g.positions()];
             for &p in &plan.order {
