@@ -313,7 +313,7 @@ impl Block {
             Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
             None => x.clone(),
         };
-        Ok((h + identity)?.relu()?)
+        ops::add_relu(&h, &identity)
     }
 }
 
