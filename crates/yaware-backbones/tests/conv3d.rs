@@ -289,6 +289,12 @@ fn cases() -> Vec<Case> {
         Case::new([2, 3, 2, 2, 2], 40, 3, 1, 1),
         // A kernel cut on two axes of three, with stride 2.
         Case::new([2, 3, 1, 1, 4], 36, 3, 2, 1),
+        // Enough output positions (≥ 480) and channels for the f32 direct forward kernel,
+        // which skips the products with padding at the borders: cubic, odd non-cubic with
+        // short rows, and stride 2.
+        Case::new([2, 5, 8, 8, 8], 20, 3, 1, 1),
+        Case::new([3, 3, 7, 9, 6], 17, 3, 1, 1),
+        Case::new([2, 2, 13, 12, 15], 16, 3, 2, 1),
     ]
 }
 
