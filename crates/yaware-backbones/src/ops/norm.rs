@@ -417,7 +417,6 @@ fn forward_kernel<T: Real>(
 ) -> (Vec<T>, Vec<(f64, f64)>) {
     let (n, c, s) = ncs;
     let zero = T::from_f64(0.0);
-    let mut out = vec![zero; x.len()];
     if let Some(st) = fixed
         && s > 0
     {
@@ -429,7 +428,11 @@ fn forward_kernel<T: Real>(
                 (T::from_f64(st.mean[ch]), T::from_f64(a), beta[ch])
             })
             .collect();
-        out.par_chunks_mut(s)
+        // Written once, not zeroed first (a zeroed allocation is a single-threaded `memset`
+        // of the whole output when the allocator reuses memory).
+        let mut out: Vec<T> = Vec::with_capacity(x.len());
+        out.spare_capacity_mut()[..x.len()]
+            .par_chunks_mut(s)
             .zip(x.par_chunks(s))
             .enumerate()
             .with_min_len(MIN_TASK.div_ceil(s))
@@ -438,14 +441,17 @@ fn forward_kernel<T: Real>(
                 if relu {
                     for (o, &v) in out.iter_mut().zip(x) {
                         let y = (v - m) * a + b;
-                        *o = T::pick(y < zero, zero, y);
+                        o.write(T::pick(y < zero, zero, y));
                     }
                 } else {
                     for (o, &v) in out.iter_mut().zip(x) {
-                        *o = (v - m) * a + b;
+                        o.write((v - m) * a + b);
                     }
                 }
             });
+        // SAFETY: the planes of `s` values cover all `x.len()` slots (`x.len()` is a multiple
+        // of `s`: N·C planes) and each slot was written once.
+        unsafe { out.set_len(x.len()) };
         return (
             out,
             st.mean
@@ -455,6 +461,7 @@ fn forward_kernel<T: Real>(
                 .collect(),
         );
     }
+    let mut out = vec![zero; x.len()];
     let stats = planes_by_channel(&mut out, c, s)
         .into_par_iter()
         .enumerate()

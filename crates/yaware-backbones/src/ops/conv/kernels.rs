@@ -21,6 +21,7 @@ use std::ops::Range;
 
 use gemm::Parallelism;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 use super::direct;
 
@@ -195,25 +196,36 @@ impl Staging {
 
     /// Copies `x (N, C, D, H, W)` into the staged layout.
     pub(super) fn stage<T: Float>(&self, g: &Geom, x: &[T]) -> Vec<T> {
-        let mut out = vec![T::ZERO; g.n * g.c_in * self.vol];
+        let len = g.n * g.c_in * self.vol;
+        let mut out: Vec<T> = Vec::with_capacity(len);
         let (w, pw) = (g.input[2], g.padding[2]);
-        out.par_chunks_mut(self.vol)
+        // Each task zeroes its own volume, then copies the rows in: a zeroed allocation is one
+        // single-threaded `memset` of the whole buffer when the allocator reuses memory (most
+        // calls), here the zeroing is split over the threads and leaves the volume in cache.
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut(self.vol)
             .zip(x.par_chunks(g.in_vol()))
             .for_each(|(o, xv)| {
+                o.fill(MaybeUninit::new(T::ZERO));
                 for (r, src) in xv.chunks_exact(w).enumerate() {
                     let start = self.row_start(g, r);
                     if self.s == 1 {
-                        o[start + pw..][..w].copy_from_slice(src);
+                        for (o, &v) in o[start + pw..][..w].iter_mut().zip(src) {
+                            o.write(v);
+                        }
                     } else {
                         for (w0, at) in self.phases(g, start) {
                             let src = src[w0..].iter().step_by(self.s);
-                            for (o, v) in o[at..].iter_mut().zip(src) {
-                                *o = *v;
+                            for (o, &v) in o[at..].iter_mut().zip(src) {
+                                o.write(v);
                             }
                         }
                     }
                 }
             });
+        // SAFETY: the chunks cover the first `len` slots, and each was filled with zeros
+        // before its rows were written.
+        unsafe { out.set_len(len) };
         out
     }
 
@@ -641,10 +653,10 @@ pub(super) fn forward<T: Float>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     }
     let (c_in, c_out, s_n, kdim) = (g.c_in, g.c_out, g.out_vol(), g.kdim());
     let in_sample = c_in * g.in_vol();
-    let mut out = vec![T::ZERO; g.n * c_out * s_n];
     let plan = Plan::new(g);
-    let out_ptr = SendPtr(out.as_mut_ptr());
     if g.is_pointwise() {
+        let mut out = vec![T::ZERO; g.n * c_out * s_n];
+        let out_ptr = SendPtr(out.as_mut_ptr());
         plan.map_groups(|tiles, par| {
             let mut segs = Vec::new();
             for tile in tiles {
@@ -675,6 +687,9 @@ pub(super) fn forward<T: Float>(g: &Geom, x: &[T], w: &[T]) -> Vec<T> {
     if let Some(y) = T::direct_forward(g, &st, &xs, w) {
         return y;
     }
+    // Allocated only now: the direct kernel returns its own output.
+    let mut out = vec![T::ZERO; g.n * c_out * s_n];
+    let out_ptr = SendPtr(out.as_mut_ptr());
     let row_offs = st.row_offsets(g);
     plan.map_groups(|tiles, par| {
         let mut sc = Scratch::<T>::default();
