@@ -173,14 +173,7 @@ mod tests {
                 .normal_tensor(h.dims(), 0.0, 1.0, dtype, &Device::Cpu)
                 .unwrap();
             let grads = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
-            let f = |t: &Tensor| {
-                t.to_dtype(DType::F64)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap()
-            };
+            let f = yaware_golden::to_f64s;
             let (a, b, y, dy) = (f(&h), f(&i), f(&y), f(&dy));
             let (gh, gi) = (f(grads.get(&h).unwrap()), f(grads.get(&i).unwrap()));
             let mut zeros = 0;
