@@ -155,8 +155,8 @@ fn forward_with(g: &Geom, st: &Staging, xs: &[f32], w: &[f32], wide: bool) -> Ve
     // each per block) stay in L1 while every group of the chunk uses them.
     let chans_per_slice = (KC / taps).max(1);
     // Not zeroed first: every element is written exactly once below.
-    let len = g.n * c_out * s_n;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
+    let out_len = g.n * c_out * s_n;
+    let mut out: Vec<f32> = Vec::with_capacity(out_len);
     let out_ptr = SendPtr(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
     (0..positions.div_ceil(CHUNK))
         .into_par_iter()
@@ -274,8 +274,8 @@ fn forward_with(g: &Geom, st: &Staging, xs: &[f32], w: &[f32], wide: bool) -> Ve
         });
     // SAFETY: the chunks partition `plan.order`, a permutation of all positions (tested), and
     // each chunk wrote the rows of all C_out channels (every block, `rows` channels of the
-    // last) for each of its positions: all `len` elements are initialised.
-    unsafe { out.set_len(len) };
+    // last) for each of its positions: all `out_len` elements are initialised.
+    unsafe { out.set_len(out_len) };
     out
 }
 
